@@ -1,0 +1,534 @@
+"""`draftsmith demo`: the whole pipeline, resumable, on the packaged SmolLM2 + ShareGPT.
+
+The demo is an orchestrator: each stage calls another stage's CLI (`cli.run_command`)
+and reads that stage's documented output files; nothing here re-implements a stage.
+A stage-state JSON in the run folder records, per stage, a key (a hash of the demo
+settings that change the stage's output, chained through the stages before it), its
+status and time. A rerun skips every stage that finished with the same key, resumes
+the one that was interrupted (the hidden-states and train stages continue from their
+own last shard / checkpoint), and redoes a stage whose settings changed, together
+with everything after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable
+
+from draftsmith import resources
+from draftsmith.errors import DraftsmithError
+from draftsmith.fsutil import write_json_atomic, write_text_atomic
+
+STATE_FILE = "demo_state.json"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every setting that changes what the demo produces (the stage keys hash these)."""
+
+    target_model_path: str | None = None  # None: the packaged SmolLM2-135M-Instruct
+    num_conversations: int = 1000
+    max_length: int = 1024
+    chat_template: str = "hf"
+    codec: str | None = None  # None: the hidden-states stage's compact default
+    draft_vocab_size: int = 8192
+    ttt_length: int = 5
+    epochs: int = 3
+    batch_size: int = 1
+    learning_rate: float = 1e-3
+    num_steps: int = 5  # K, draft tokens per verify step at eval
+    eval_questions: int = 10
+    max_new_tokens: int = 128
+    hidden_states_batch_size: int = 4
+    seed: int = 0
+    device: str = "cpu"
+
+
+DEFAULT = DemoConfig()
+# A few minutes on SmolLM2, seconds on a tiny random target: the CI smoke test.
+QUICK = DemoConfig(num_conversations=24, max_length=256, draft_vocab_size=1024, ttt_length=3, epochs=1,
+                   learning_rate=3e-3, eval_questions=2, max_new_tokens=24, hidden_states_batch_size=4)
+
+
+@dataclass
+class StageContext:
+    """What a stage function sees: the settings, the run folder, earlier stages' results."""
+
+    config: DemoConfig
+    run_dir: Path
+    results: dict[str, dict]
+    resuming: bool  # this stage started before with the same key and did not finish
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    title: str
+    settings: tuple[str, ...]  # DemoConfig fields that change this stage's output
+    outputs: tuple[str, ...]  # paths under the run folder this stage owns (removed when its key changes)
+    run: Callable[[StageContext], dict]
+
+
+class StageFailed(DraftsmithError):
+    """A stage returned a non-zero exit code; its own message was printed above."""
+
+
+def call_stage(name: str, argv: list[str]) -> None:
+    """Run one pipeline stage through its CLI, exactly as a user would type it."""
+    from draftsmith.cli import run_command
+
+    print(f"  $ draftsmith {name} {' '.join(_quote(a) for a in argv)}", flush=True)
+    try:
+        rc = run_command(name, argv)
+    except SystemExit as e:  # argparse rejected the flags: a wiring bug, not a user error
+        raise StageFailed(f"`draftsmith {name}` rejected its arguments (exit {e.code})") from None
+    if rc != 0:
+        raise StageFailed(f"`draftsmith {name}` failed with exit code {rc}")
+
+
+def _quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "-_./=:," for c in arg) else json.dumps(arg)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_model(ctx: StageContext) -> dict:
+    if ctx.config.target_model_path:
+        path = Path(ctx.config.target_model_path)
+        if not (path / "config.json").exists():
+            raise DraftsmithError(f"--target-model-path {path}: no config.json there")
+    else:
+        print("  SmolLM2-135M-Instruct: converting the packaged GGUF once (cached in cache/models)", flush=True)
+        path = resources.smollm2_dir()
+    return {"model_path": str(path.resolve())}
+
+
+def stage_prepare_data(ctx: StageContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir / "data"
+    call_stage("prepare-data", ["--dataset", "sharegpt", "--data-path", str(resources.sharegpt_json()),
+                                "--output-path", str(out), "--sample-size", str(cfg.num_conversations),
+                                "--seed", str(cfg.seed), "--overwrite"])
+    summary = json.loads((out / "sharegpt" / "sharegpt_summary.json").read_text(encoding="utf-8"))
+    return {"train_jsonl": str(out / "sharegpt" / "sharegpt_train.jsonl"), "summary": summary}
+
+
+def _model_path(ctx: StageContext) -> str:
+    return ctx.results["model"]["model_path"]
+
+
+def stage_build_dataset(ctx: StageContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir / "dataset"
+    call_stage("build-dataset", ["--data-path", ctx.results["prepare-data"]["train_jsonl"],
+                                 "--tokenizer", _model_path(ctx), "--chat-template", cfg.chat_template,
+                                 "--max-length", str(cfg.max_length), "--output", str(out)])
+    import datasets
+
+    ds = datasets.load_from_disk(str(out))
+    tokens = sum(len(x) for x in ds["input_ids"])
+    supervised = sum(sum(m) for m in ds["loss_mask"])
+    return {"dataset": str(out), "rows": len(ds), "tokens": tokens, "supervised_tokens": supervised}
+
+
+def stage_hidden_states(ctx: StageContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir / "features"
+    argv = ["--model-path", _model_path(ctx), "--enable-aux-hidden-states",
+            "--data-path", ctx.results["prepare-data"]["train_jsonl"], "--chat-template", cfg.chat_template,
+            "--max-length", str(cfg.max_length), "--batch-size", str(cfg.hidden_states_batch_size),
+            "--output-path", str(out)]
+    if cfg.codec:
+        argv += ["--codec", cfg.codec]
+    call_stage("hidden-states", argv)
+    from draftsmith.features import FeatureStore
+
+    manifest = FeatureStore.open(out).manifest
+    return {"features": str(out), "codec": manifest["codec"], "num_samples": manifest["num_samples"],
+            "num_tokens": manifest["num_tokens"], "bytes": manifest["bytes"]}
+
+
+def stage_train(ctx: StageContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir / "train"
+    argv = ["--mode", "offline", "--target-model-path", _model_path(ctx),
+            "--train-data-path", ctx.results["build-dataset"]["dataset"],
+            "--train-hidden-states-path", ctx.results["hidden-states"]["features"],
+            "--chat-template", cfg.chat_template, "--max-length", str(cfg.max_length),
+            "--draft-vocab-size", str(cfg.draft_vocab_size), "--ttt-length", str(cfg.ttt_length),
+            "--num-epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+            "--learning-rate", repr(cfg.learning_rate), "--seed", str(cfg.seed),
+            "--report-to", "none", "--output-dir", str(out)]
+    if ctx.resuming and out.exists():
+        argv.append("--resume")
+    call_stage("train", argv)
+    metrics = _read_jsonl(out / "metrics.jsonl")
+    return {"output_dir": str(out), "checkpoint": str(out / "final"), "metrics": str(out / "metrics.jsonl"),
+            "last_metrics": metrics[-1] if metrics else {}}
+
+
+def stage_export(ctx: StageContext) -> dict:
+    out = ctx.run_dir / "draft"
+    call_stage("export", [ctx.results["train"]["checkpoint"], "--output", str(out)])
+    return {"draft": str(out)}
+
+
+def stage_eval(ctx: StageContext) -> dict:
+    cfg, out = ctx.config, ctx.run_dir / "eval"
+    report = out / "report.json"
+    call_stage("eval", ["--target-model-path", _model_path(ctx), "--draft-model-path", ctx.results["export"]["draft"],
+                        "--benchmark", "mtbench", "--num-steps", str(cfg.num_steps),
+                        "--max-new-tokens", str(cfg.max_new_tokens), "--limit", str(cfg.eval_questions),
+                        "--output", str(report)])
+    return {"report": str(report)}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+_DATA = ("num_conversations", "seed")
+_TOKENS = _DATA + ("target_model_path", "chat_template", "max_length")
+_FEATURES = _TOKENS + ("codec", "hidden_states_batch_size")
+_DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "epochs", "batch_size", "learning_rate")
+_EVAL = _DRAFT + ("num_steps", "eval_questions", "max_new_tokens")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("model", "target model", ("target_model_path",), (), stage_model),
+    Stage("prepare-data", "ShareGPT -> conversations JSONL", _DATA, ("data",), stage_prepare_data),
+    Stage("build-dataset", "chat template + loss masks -> tokenized dataset", _TOKENS, ("dataset",),
+          stage_build_dataset),
+    Stage("hidden-states", "target features -> compact feature store", _FEATURES, ("features",),
+          stage_hidden_states),
+    Stage("train", "EAGLE-3 draft, offline, training-time test", _DRAFT, ("train",), stage_train),
+    Stage("export", "SGLang/vLLM checkpoint", _DRAFT, ("draft",), stage_export),
+    Stage("eval", "real speculative decoding on MT-bench", _EVAL, ("eval",), stage_eval),
+)
+
+
+# --------------------------------------------------------------------------- state + runner
+
+
+def stage_keys(config: DemoConfig, stages: tuple[Stage, ...]) -> dict[str, str]:
+    """Each stage's key: its own settings chained with the key of the stage before it."""
+    keys, previous, settings = {}, "", asdict(config)
+    for stage in stages:
+        payload = json.dumps([previous, stage.name, {k: settings[k] for k in stage.settings}], sort_keys=True)
+        previous = keys[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return keys
+
+
+def load_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return {"version": STATE_VERSION, "stages": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DraftsmithError(f"{path}: not valid JSON ({e}); delete it to start the demo over") from None
+    if state.get("version") != STATE_VERSION or not isinstance(state.get("stages"), dict):
+        raise DraftsmithError(f"{path}: unknown demo state version; delete it to start the demo over")
+    return state
+
+
+def _remove_outputs(run_dir: Path, stage: Stage) -> None:
+    for rel in stage.outputs:
+        path = run_dir / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def run_stages(config: DemoConfig, run_dir: Path, stages: tuple[Stage, ...] = STAGES) -> dict:
+    """Run every stage not already finished with the same key; returns the final state."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = load_state(run_dir)
+    state["settings"] = asdict(config)
+    keys = stage_keys(config, stages)
+    records: dict[str, dict] = state["stages"]
+    results: dict[str, dict] = {}
+    for number, stage in enumerate(stages, 1):
+        head = f"[{number}/{len(stages)}] {stage.name}: {stage.title}"
+        record = records.get(stage.name)
+        outputs_there = all((run_dir / rel).exists() for rel in stage.outputs)
+        if record and record["key"] == keys[stage.name] and record["status"] == "done" and outputs_there:
+            print(f"{head} - done earlier ({_fmt_seconds(record['seconds'])}), skipped", flush=True)
+            results[stage.name] = record["result"]
+            continue
+        resuming = bool(record and record["key"] == keys[stage.name] and record["status"] != "done")
+        if not resuming:
+            _remove_outputs(run_dir, stage)
+            record = {"key": keys[stage.name], "seconds": 0.0, "attempts": 0}
+        record.update(status="running", attempts=record["attempts"] + 1)
+        records[stage.name] = record
+        write_json_atomic(run_dir / STATE_FILE, state)
+        print(f"{head}{' - resuming' if resuming else ''}", flush=True)
+        started = time.perf_counter()
+        try:
+            result = stage.run(StageContext(config, run_dir, results, resuming))
+        except BaseException as e:
+            record["seconds"] += time.perf_counter() - started
+            record["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            write_json_atomic(run_dir / STATE_FILE, state)
+            raise
+        record["seconds"] += time.perf_counter() - started
+        record.update(status="done", result=result)
+        results[stage.name] = result
+        write_json_atomic(run_dir / STATE_FILE, state)
+        print(f"{head} - done in {_fmt_seconds(record['seconds'])}", flush=True)
+    return state
+
+
+# --------------------------------------------------------------------------- summary + report
+
+
+@dataclass
+class DemoSummary:
+    """The figures the demo reports, gathered from the stages' own output files."""
+
+    model: str
+    conversations: int
+    tokens: int
+    supervised_tokens: int
+    num_steps: int
+    eval_questions: int
+    tau: float | None
+    per_position_acceptance: list[float]
+    spec_tokens_per_s: float | None
+    plain_tokens_per_s: float | None
+    speedup: float | None
+    lossless: bool | None
+    feature_bytes: int
+    feature_codec: str
+    feature_tokens: int
+    train_final: dict
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+def _first(d: dict, *names: str):
+    for name in names:
+        if name in d and d[name] is not None:
+            return d[name]
+    return None
+
+
+def summarize(state: dict) -> DemoSummary:
+    records = state["stages"]
+    result = {name: rec.get("result", {}) for name, rec in records.items()}
+    report = json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8"))
+    bench = _eval_benchmark(report)
+    features = result["hidden-states"]
+    settings = state["settings"]
+    return DemoSummary(
+        model=Path(result["model"]["model_path"]).name,
+        conversations=int(result["prepare-data"]["summary"].get("train", 0)),
+        tokens=int(result["build-dataset"]["tokens"]),
+        supervised_tokens=int(result["build-dataset"]["supervised_tokens"]),
+        num_steps=int(settings["num_steps"]),
+        eval_questions=int(settings["eval_questions"]),
+        tau=_first(bench, "tau", "acceptance_length", "avg_accept_length"),
+        per_position_acceptance=list(_first(bench, "per_position_acceptance", "acceptance_per_position") or []),
+        spec_tokens_per_s=_first(bench, "spec_tokens_per_s", "spec_tokens_per_second"),
+        plain_tokens_per_s=_first(bench, "plain_tokens_per_s", "plain_tokens_per_second"),
+        speedup=_first(bench, "speedup"),
+        lossless=_first(bench, "lossless"),
+        feature_bytes=int(features["bytes"]),
+        feature_codec=str(features["codec"]),
+        feature_tokens=int(features["num_tokens"]),
+        train_final=result["train"].get("last_metrics", {}),
+        stage_seconds={name: float(rec["seconds"]) for name, rec in records.items() if rec.get("status") == "done"},
+    )
+
+
+def _eval_benchmark(report: dict) -> dict:
+    """The mtbench entry of the eval report (a report may hold several benchmarks)."""
+    benchmarks = report.get("benchmarks")
+    if isinstance(benchmarks, dict):
+        return benchmarks.get("mtbench") or next(iter(benchmarks.values()))
+    if isinstance(benchmarks, list) and benchmarks:
+        return next((b for b in benchmarks if b.get("benchmark") == "mtbench"), benchmarks[0])
+    return report
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {sec:02d} s"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{spec}}{suffix}"
+
+
+def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
+    acc = "  ".join(f"{i}:{a:.2f}" for i, a in enumerate(s.per_position_acceptance, 1)) or "n/a"
+    per_token = s.feature_bytes / s.feature_tokens if s.feature_tokens else float("nan")
+    rows = [
+        (f"acceptance length tau (K={s.num_steps})", _fmt(s.tau, ".2f")),
+        ("per-position acceptance", acc),
+        ("speedup vs plain decoding", _fmt(s.speedup, ".2f", "x")
+         + f"  ({_fmt(s.spec_tokens_per_s, '.1f')} vs {_fmt(s.plain_tokens_per_s, '.1f')} tokens/s)"),
+        ("lossless (same tokens as greedy)", "n/a" if s.lossless is None else ("yes" if s.lossless else "NO")),
+        ("features on disk", f"{_fmt_bytes(s.feature_bytes)}  ({s.feature_tokens:,} tokens, "
+                             f"{per_token:.0f} B/token, codec {s.feature_codec})"),
+    ]
+    sim_tau = _first(s.train_final, "tau", "simulated_tau", "sim_tau")
+    if sim_tau is not None:
+        rows.append(("simulated tau at the end of training", f"{float(sim_tau):.2f}"))
+    rows += [(f"time: {name}", _fmt_seconds(sec)) for name, sec in s.stage_seconds.items()]
+    rows.append(("time: total", _fmt_seconds(s.total_seconds)))
+    return rows
+
+
+def format_table(s: DemoSummary) -> str:
+    title = (f"draftsmith demo - {s.model}, {s.conversations} ShareGPT conversations "
+             f"({s.supervised_tokens:,} supervised tokens), MT-bench {s.eval_questions} questions")
+    rows = summary_rows(s)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def format_markdown(s: DemoSummary, plots: list[str]) -> str:
+    lines = [f"# draftsmith demo report", "",
+             f"Target `{s.model}`, {s.conversations} ShareGPT conversations ({s.tokens:,} tokens, "
+             f"{s.supervised_tokens:,} supervised), evaluated by real speculative decoding on "
+             f"{s.eval_questions} MT-bench questions with K = {s.num_steps}.", "",
+             "| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
+    lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(state: dict, run_dir: Path) -> tuple[DemoSummary, Path]:
+    """Write report/{demo_report.json, demo_report.md, *.png}; returns the summary and folder."""
+    summary = summarize(state)
+    folder = run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(state, folder)
+    payload = {"summary": asdict(summary), "settings": state["settings"],
+               "eval_report": state["stages"]["eval"]["result"]["report"], "plots": plots}
+    write_json_atomic(folder / "demo_report.json", payload)
+    write_text_atomic(folder / "demo_report.md", format_markdown(summary, plots))
+    return summary, folder
+
+
+def write_plots(state: dict, folder: Path) -> list[str]:
+    """The eval engineer's plots: per-position acceptance and the training curves."""
+    from draftsmith.eval import report as eval_report
+
+    result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
+    eval_json = json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8"))
+    paths = eval_report.write_plots(eval_json, folder, metrics_path=Path(result["train"]["metrics"]))
+    return [str(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def default_run_dir(quick: bool) -> Path:
+    return resources.cache_root() / "demo" / ("quick" if quick else "default")
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    base = QUICK if args.quick else DEFAULT
+    overrides = {f.name: getattr(args, f.name) for f in fields(DemoConfig)
+                 if getattr(args, f.name, None) is not None}
+    overrides["device"] = resolve_device(args.device)
+    config = replace(base, **overrides)
+    for name in ("num_conversations", "max_length", "epochs", "draft_vocab_size", "ttt_length", "batch_size",
+                 "eval_questions", "max_new_tokens", "hidden_states_batch_size"):
+        if getattr(config, name) < 1:
+            raise DraftsmithError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.num_steps < 0:
+        raise DraftsmithError(f"--num-steps must be at least 0, got {config.num_steps}")
+    return config
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DraftsmithError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d, q = DEFAULT, QUICK
+    parser.add_argument("--quick", action="store_true",
+                        help=f"CI-sized smoke run ({q.num_conversations} conversations, max length {q.max_length}, "
+                             f"{q.eval_questions} eval questions): a few minutes")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="run folder (stage state, data, features, draft, report); default "
+                             "cache/demo/default, or cache/demo/quick with --quick")
+    parser.add_argument("--target-model-path", default=None,
+                        help="HF model folder to train a draft for (default: the packaged SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    parser.add_argument("--num-conversations", type=int, default=None,
+                        help=f"ShareGPT conversations to train on (default {d.num_conversations})")
+    parser.add_argument("--max-length", type=int, default=None, help=f"tokens per conversation (default {d.max_length})")
+    parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {d.epochs})")
+    parser.add_argument("--chat-template", default=None, help=f"template name, or hf (default {d.chat_template})")
+    parser.add_argument("--codec", default=None, help="feature codec (default: the hidden-states stage's compact one)")
+    parser.add_argument("--draft-vocab-size", type=int, default=None, help=f"default {d.draft_vocab_size}")
+    parser.add_argument("--ttt-length", type=int, default=None, help=f"training-time test steps (default {d.ttt_length})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
+    parser.add_argument("--learning-rate", type=float, default=None, help=f"default {d.learning_rate}")
+    parser.add_argument("--num-steps", type=int, default=None, help=f"K, draft tokens per verify step (default {d.num_steps})")
+    parser.add_argument("--eval-questions", type=int, default=None,
+                        help=f"MT-bench questions to decode, both turns (default {d.eval_questions})")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=f"per turn at eval (default {d.max_new_tokens})")
+    parser.add_argument("--hidden-states-batch-size", type=int, default=None,
+                        help=f"samples per target forward (default {d.hidden_states_batch_size})")
+    parser.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    parser.add_argument("--restart", action="store_true",
+                        help="forget the stage state and redo every stage (the converted model stays cached)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    run_dir = Path(args.output) if args.output else default_run_dir(args.quick)
+    if args.restart:
+        for stage in STAGES:
+            _remove_outputs(run_dir, stage)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+    print(f"draftsmith demo: run folder {run_dir} (rerun the same command to resume after an interruption)",
+          flush=True)
+    try:
+        state = run_stages(config, run_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to continue from the unfinished stage "
+              f"(state in {run_dir / STATE_FILE})", file=sys.stderr)
+        return 130
+    except StageFailed as e:
+        raise StageFailed(f"{e}; fix the cause and rerun the same command to continue from this stage") from None
+    summary, folder = write_report(state, run_dir)
+    print()
+    print(format_table(summary))
+    print(f"\nreport: {folder}/ (demo_report.md, demo_report.json, plots)")
+    print(f"draft for SGLang/vLLM: {state['stages']['export']['result']['draft']}")
+    return 0

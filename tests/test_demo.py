@@ -1,0 +1,141 @@
+"""The demo orchestrator: resumable stage state, the summary table, and (end to end) the
+whole pipeline with `--quick` on a tiny random target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from draftsmith import demo
+from draftsmith.errors import DraftsmithError
+
+
+class Recorder:
+    """Fake stages that write a file into the folder they own and log each call."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, bool]] = []
+        self.fail_once: set[str] = set()
+        self.interrupt_once: set[str] = set()
+
+    def stage(self, name: str, settings: tuple[str, ...], outputs: tuple[str, ...]) -> demo.Stage:
+        def run(ctx: demo.StageContext) -> dict:
+            self.calls.append((name, ctx.resuming))
+            for rel in outputs:
+                (ctx.run_dir / rel).mkdir(parents=True, exist_ok=True)
+                marker = ctx.run_dir / rel / "part.txt"
+                marker.write_text(marker.read_text() + "x" if marker.exists() else "x")
+            if name in self.fail_once:
+                self.fail_once.discard(name)
+                raise demo.StageFailed(f"{name} broke")
+            if name in self.interrupt_once:
+                self.interrupt_once.discard(name)
+                raise KeyboardInterrupt
+            upstream = sorted(ctx.results)
+            return {"name": name, "upstream": upstream}
+
+        return demo.Stage(name, f"fake {name}", settings, outputs, run)
+
+    def pipeline(self) -> tuple[demo.Stage, ...]:
+        return (self.stage("a", ("num_conversations",), ("a_out",)),
+                self.stage("b", ("max_length",), ("b_out",)),
+                self.stage("c", ("epochs",), ("c_out",)),
+                self.stage("d", ("eval_questions",), ("d_out",)))
+
+
+def names(calls):
+    return [name for name, _ in calls]
+
+
+def test_failed_stage_resumes_without_rerunning_finished_ones(tmp_path):
+    rec = Recorder()
+    stages, cfg = rec.pipeline(), demo.QUICK
+    rec.fail_once.add("c")
+    with pytest.raises(demo.StageFailed, match="c broke"):
+        demo.run_stages(cfg, tmp_path, stages)
+    assert names(rec.calls) == ["a", "b", "c"]
+    state = json.loads((tmp_path / demo.STATE_FILE).read_text())
+    assert [state["stages"][n]["status"] for n in "abc"] == ["done", "done", "failed"]
+
+    rec.calls.clear()
+    state = demo.run_stages(cfg, tmp_path, stages)
+    assert rec.calls == [("c", True), ("d", False)]  # a and b not rerun; c told it resumes
+    assert (tmp_path / "c_out" / "part.txt").read_text() == "xx"  # c's partial output kept for its resume
+    assert state["stages"]["c"]["attempts"] == 2
+    assert state["stages"]["d"]["result"] == {"name": "d", "upstream": ["a", "b", "c"]}
+
+    rec.calls.clear()
+    demo.run_stages(cfg, tmp_path, stages)
+    assert rec.calls == []  # everything finished: nothing reruns
+
+
+def test_interrupt_is_recorded_and_resumed(tmp_path):
+    rec = Recorder()
+    stages = rec.pipeline()
+    rec.interrupt_once.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_stages(demo.QUICK, tmp_path, stages)
+    state = json.loads((tmp_path / demo.STATE_FILE).read_text())
+    assert state["stages"]["b"]["status"] == "interrupted"
+    assert state["stages"]["b"]["seconds"] >= 0
+    rec.calls.clear()
+    demo.run_stages(demo.QUICK, tmp_path, stages)
+    assert rec.calls == [("b", True), ("c", False), ("d", False)]
+
+
+def test_changed_setting_redoes_that_stage_and_everything_after(tmp_path):
+    rec = Recorder()
+    stages = rec.pipeline()
+    demo.run_stages(demo.QUICK, tmp_path, stages)
+    rec.calls.clear()
+    demo.run_stages(replace(demo.QUICK, epochs=demo.QUICK.epochs + 1), tmp_path, stages)
+    assert rec.calls == [("c", False), ("d", False)]
+    assert (tmp_path / "c_out" / "part.txt").read_text() == "x"  # stale output removed, not appended to
+    assert (tmp_path / "a_out" / "part.txt").read_text() == "x"
+
+    rec.calls.clear()
+    demo.run_stages(replace(demo.QUICK, max_length=128), tmp_path, stages)
+    assert names(rec.calls) == ["b", "c", "d"]
+
+
+def test_stage_whose_output_vanished_reruns(tmp_path):
+    rec = Recorder()
+    stages = rec.pipeline()
+    demo.run_stages(demo.QUICK, tmp_path, stages)
+    (tmp_path / "b_out" / "part.txt").unlink()
+    (tmp_path / "b_out").rmdir()
+    rec.calls.clear()
+    demo.run_stages(demo.QUICK, tmp_path, stages)
+    assert rec.calls == [("b", False)]  # same key downstream: c and d stay valid
+
+
+def test_device_is_not_part_of_the_keys():
+    assert demo.stage_keys(demo.DEFAULT, demo.STAGES) == demo.stage_keys(replace(demo.DEFAULT, device="cuda"),
+                                                                         demo.STAGES)
+    keys, changed = (demo.stage_keys(demo.DEFAULT, demo.STAGES),
+                     demo.stage_keys(replace(demo.DEFAULT, num_steps=7), demo.STAGES))
+    assert [n for n in keys if keys[n] != changed[n]] == ["eval"]
+
+
+def test_corrupt_state_is_a_clear_error(tmp_path):
+    (tmp_path / demo.STATE_FILE).write_text("{not json")
+    with pytest.raises(DraftsmithError, match="demo_state.json.*delete it"):
+        demo.run_stages(demo.QUICK, tmp_path, Recorder().pipeline())
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_override_the_profile():
+    cfg = demo.config_from_args(_parse(["--quick", "--epochs", "4", "--device", "cpu"]))
+    assert cfg == replace(demo.QUICK, epochs=4, device="cpu")
+    assert demo.config_from_args(_parse([])) == replace(demo.DEFAULT, device=demo.resolve_device("auto"))
+    with pytest.raises(DraftsmithError, match="--max-length must be at least 1"):
+        demo.config_from_args(_parse(["--max-length", "0"]))
