@@ -1,0 +1,2 @@
+"""Data stages: raw datasets -> canonical conversations JSONL (prepare-data, validate-data)
+-> tokenized dataset with loss masks (build-dataset)."""

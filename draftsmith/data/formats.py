@@ -1,0 +1,228 @@
+"""Row readers for local data files: .json arrays, .jsonl, .parquet (optionally .gz).
+
+Every reader yields one `Record` per input row and never raises on a bad row: a
+line that is not valid JSON, or the incomplete last record of a truncated JSON
+array (the packaged ShareGPT file is cut mid-record), comes back as a record with
+`error` set, so callers can count it, report its position and go on.
+
+A `.json` file whose first non-blank character is `[` is read as an array by a
+streaming parser (constant memory per record, every complete record kept); any
+other `.json` file is read as JSON Lines, as `datasets` does.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+from draftsmith.errors import InputError
+
+INVALID_JSON = "invalid JSON"
+TRUNCATED_JSON = "truncated JSON"
+
+SUFFIXES = (".json", ".jsonl", ".parquet")
+_CHUNK_BYTES = 1 << 22
+_BOM = b"\xef\xbb\xbf"
+_WHITESPACE = " \t\n\r"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row and where it came from.
+
+    `line` is the 1-based line where the row starts (JSON files), `index` its 0-based
+    position among the rows (JSON arrays, parquet, hub datasets). `error` is a short
+    stable reason ("invalid JSON", "truncated JSON") when the row could not be read;
+    then `value` is None and `detail` says what the parser saw.
+    """
+
+    source: str
+    line: int | None
+    index: int | None
+    value: object | None
+    error: str | None = None
+    detail: str | None = None
+
+    def position(self) -> dict:
+        """The row's position as the skipped-file fields: {"line": n} and/or {"index": i}."""
+        pos = {}
+        if self.line is not None:
+            pos["line"] = self.line
+        if self.index is not None:
+            pos["index"] = self.index
+        return pos
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'json', 'jsonl' or 'parquet' from the file name (a trailing .gz is allowed for JSON)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            if suffix == ".parquet" and Path(path).name.lower().endswith(".gz"):
+                break
+            return suffix[1:]
+    raise InputError(f"unsupported file type: expected one of {', '.join(SUFFIXES)} (optionally .json.gz/.jsonl.gz)",
+                     path=path)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[Record]:
+    """Yield every row of a .json / .jsonl / .parquet file as a `Record`, bad rows included."""
+    path = Path(path)
+    fmt = file_format(path)
+    if not path.is_file():
+        raise InputError("no such file", path=path)
+    if fmt == "parquet":
+        yield from _iter_parquet(path)
+        return
+    with _open_binary(path) as f:
+        head = _first_byte(f)
+        f.seek(0)
+        if fmt == "json" and head == b"[":
+            yield from _iter_json_array(f, str(path))
+        else:
+            yield from _iter_jsonl(f, str(path))
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _first_byte(f: IO[bytes]) -> bytes:
+    while True:
+        chunk = f.read(4096)
+        if not chunk:
+            return b""
+        stripped = chunk.lstrip(_WHITESPACE.encode() + _BOM)
+        if stripped:
+            return stripped[:1]
+
+
+def _iter_jsonl(f: IO[bytes], source: str) -> Iterator[Record]:
+    decode = json.JSONDecoder().decode
+    for lineno, raw in enumerate(f, 1):
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        if not raw.strip():
+            continue
+        try:
+            value = decode(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield Record(source, lineno, None, None, INVALID_JSON, f"not UTF-8 at byte {e.start}")
+        except json.JSONDecodeError as e:
+            yield Record(source, lineno, None, None, INVALID_JSON, f"{e.msg} (column {e.colno})")
+        else:
+            yield Record(source, lineno, None, value)
+
+
+def _iter_json_array(f: IO[bytes], source: str) -> Iterator[Record]:
+    """Stream the elements of a top-level JSON array, refilling a text buffer as needed."""
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    buf = ""
+    pos = 0
+    line = 1  # line number at buf[pos]
+    eof = False
+
+    def fill() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        chunk = f.read(_CHUNK_BYTES)
+        eof = not chunk
+        text = utf8.decode(chunk, final=eof)
+        if not text:
+            return not eof
+        buf = buf[pos:] + text
+        pos = 0
+        return True
+
+    def skip_ws() -> str:
+        """Advance past whitespace (counting lines); return the next char or '' at EOF."""
+        nonlocal pos, line
+        while True:
+            n = len(buf)
+            while pos < n and buf[pos] in _WHITESPACE:
+                if buf[pos] == "\n":
+                    line += 1
+                pos += 1
+            if pos < n:
+                return buf[pos]
+            if not fill():
+                return ""
+
+    try:
+        fill()
+        if buf.startswith("\ufeff"):
+            pos = 1
+        skip_ws()
+        pos += 1  # the "[" seen by iter_records
+        index = 0
+        if skip_ws() == "]":
+            return
+        while True:
+            start_line = line
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or not fill():
+                        break
+                except json.JSONDecodeError as e:
+                    cut = "Unterminated" in e.msg or e.pos >= len(buf) - 16  # may just need more text
+                    if cut and fill():
+                        continue
+                    tail = buf[e.pos:].rstrip()
+                    if "Unterminated" in e.msg or (len(tail) < 8 and not any(c in tail for c in ",]}")):
+                        yield Record(source, start_line, index, None, TRUNCATED_JSON,
+                                     f"the file ends inside this record ({e.msg}); "
+                                     "every complete record before it was read")
+                    else:
+                        yield Record(source, start_line, index, None, INVALID_JSON,
+                                     f"{e.msg} at line {line + buf.count(chr(10), pos, e.pos)}; "
+                                     "the rest of the array cannot be read")
+                    return
+            line += buf.count("\n", pos, end)
+            pos = end
+            yield Record(source, start_line, index, value)
+            index += 1
+            sep = skip_ws()
+            if sep == ",":
+                pos += 1
+                skip_ws()
+                continue
+            if sep == "]":
+                pos += 1
+                if skip_ws():
+                    yield Record(source, line, index, None, INVALID_JSON,
+                                 "unexpected text after the array's closing ']'")
+                return
+            if sep == "":
+                yield Record(source, line, index, None, TRUNCATED_JSON,
+                             "the file ends before the array is closed; every complete record was read")
+            else:
+                yield Record(source, line, index, None, INVALID_JSON,
+                             f"expected ',' or ']' after record {index - 1}, found {sep!r}; "
+                             "the rest of the array cannot be read")
+            return
+    except UnicodeDecodeError as e:
+        yield Record(source, line, None, None, INVALID_JSON, f"not UTF-8 ({e.reason}); the rest of the file is unreadable")
+
+
+def _iter_parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a bad file
+        raise InputError(f"not a readable parquet file ({e})", path=path) from e
+    index = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for value in batch.to_pylist():
+            yield Record(str(path), None, index, value)
+            index += 1
