@@ -1,0 +1,218 @@
+"""`Eagle3Config`: the draft's shape, derived from the target's HF config, and its config.json ✱.
+
+The draft is one Llama decoder layer that serving engines load as
+`LlamaForCausalLMEagle3` (SGLang) / `Eagle3LlamaForCausalLM` (vLLM). Its rope settings
+must be the target's: a draft saved with the default theta while the server runs the
+target's theta silently loses acceptance, so they are copied, round-tripped and
+written both as transformers 5 `rope_parameters` and as the `rope_theta` /
+`rope_scaling` keys the engines read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from draftsmith.errors import InputError
+
+ARCHITECTURE = "LlamaForCausalLMEagle3"
+
+
+@dataclass
+class Eagle3Config:
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int                      # the target's vocabulary (embeddings, t2d)
+    draft_vocab_size: int                # the draft's lm_head rows (d2t)
+    target_hidden_size: int              # fc input is 3 * target_hidden_size
+    aux_layer_ids: list[int]             # HF output_hidden_states indices of the target (inputs of layers)
+    target_num_hidden_layers: int
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None   # without rope_theta; None for plain rope
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    dtype: str = "bfloat16"              # dtype written in config.json (serving dtype)
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, kept on round-trip
+
+    def __post_init__(self):
+        if self.draft_vocab_size > self.vocab_size:
+            raise InputError(f"draft_vocab_size {self.draft_vocab_size} exceeds the target vocab_size "
+                             f"{self.vocab_size}", field="draft_vocab_size")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise InputError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}", field="num_key_value_heads")
+        if len(self.aux_layer_ids) != 3:
+            raise InputError(f"EAGLE-3 fuses exactly 3 target layers, got {self.aux_layer_ids}",
+                             field="aux_layer_ids")
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        """transformers 5 form: one dict with rope_type and rope_theta."""
+        params = dict(self.rope_scaling or {"rope_type": "default"})
+        params.pop("type", None)
+        params.setdefault("rope_type", "default")
+        params["rope_theta"] = self.rope_theta
+        return params
+
+    @classmethod
+    def from_target_config(cls, hf_config: Any, *, draft_vocab_size: int | None = None,
+                           aux_layer_ids: list[int] | None = None,
+                           overrides: Mapping[str, Any] | None = None) -> "Eagle3Config":
+        """Copy hidden size, heads, rope, max positions and vocab from the target; `overrides`
+        (the `--draft-model-config` JSON) replaces any field by name."""
+        text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+        get = (lambda k, d=None: text.get(k, d)) if isinstance(text, Mapping) else \
+              (lambda k, d=None: getattr(text, k, d))
+        num_layers = int(get("num_hidden_layers"))
+        heads = int(get("num_attention_heads"))
+        hidden = int(get("hidden_size"))
+        vocab = int(get("vocab_size"))
+        theta, scaling = _rope_of(get)
+        values: dict[str, Any] = dict(
+            hidden_size=hidden,
+            intermediate_size=int(get("intermediate_size") or 4 * hidden),
+            num_attention_heads=heads,
+            num_key_value_heads=int(get("num_key_value_heads") or heads),
+            head_dim=int(get("head_dim") or hidden // heads),
+            vocab_size=vocab,
+            draft_vocab_size=int(draft_vocab_size or vocab),
+            target_hidden_size=hidden,
+            aux_layer_ids=list(aux_layer_ids) if aux_layer_ids is not None
+            else [2, num_layers // 2, num_layers - 3],
+            target_num_hidden_layers=num_layers,
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(get("max_position_embeddings") or 4096),
+            rms_norm_eps=float(get("rms_norm_eps") or 1e-6),
+            hidden_act=str(get("hidden_act") or "silu"),
+            bos_token_id=get("bos_token_id"),
+            eos_token_id=get("eos_token_id"),
+            pad_token_id=get("pad_token_id"),
+        )
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        for key, value in (overrides or {}).items():
+            if key not in names:
+                raise InputError(f"unknown draft config field (known: {', '.join(sorted(names))})", field=key)
+            values[key] = value
+        return cls(**values)
+
+    def to_config_dict(self) -> dict[str, Any]:
+        """config.json ✱ as SGLang and vLLM read it."""
+        sglang_ids = [i - 1 for i in self.aux_layer_ids]  # SGLang captures at id + 1
+        scaling = None
+        if self.rope_scaling:
+            scaling = {k: v for k, v in self.rope_scaling.items() if k != "rope_theta"}
+            scaling.setdefault("rope_type", "default")
+            scaling.setdefault("type", scaling["rope_type"])  # older readers look for "type"
+        d = dict(self.extra)
+        d.update({
+            "architectures": [ARCHITECTURE],
+            "model_type": "llama",
+            "num_hidden_layers": 1,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": self.hidden_act,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "vocab_size": self.vocab_size,
+            "draft_vocab_size": self.draft_vocab_size,
+            "target_hidden_size": self.target_hidden_size,
+            "tie_word_embeddings": False,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": scaling,
+            "rope_parameters": self.rope_parameters,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": self.dtype,
+            "dtype": self.dtype,
+            "use_cache": True,
+            # vLLM: HF hidden_states indices (inputs of those layers), read as is.
+            "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
+            # SGLang: layer ids whose *output* is captured (it captures the input of id + 1).
+            "eagle_config": {"eagle_aux_hidden_state_layer_ids": sglang_ids,
+                             "use_aux_hidden_state": True,
+                             "use_input_layernorm_in_first_layer": True,
+                             "use_last_layernorm": True},
+            "draftsmith": {"aux_layer_ids": list(self.aux_layer_ids),
+                           "target_num_hidden_layers": self.target_num_hidden_layers},
+        })
+        return d
+
+    @classmethod
+    def from_config_dict(cls, d: Mapping[str, Any], *, path: object = None) -> "Eagle3Config":
+        d = dict(d)
+        archs = d.get("architectures") or []
+        if ARCHITECTURE not in archs:
+            raise InputError(f"not an EAGLE-3 draft config (architectures={archs})", path=path,
+                             field="architectures")
+        if int(d.get("num_hidden_layers", 1)) != 1:
+            raise InputError("draftsmith drafts have exactly one decoder layer", path=path,
+                             field="num_hidden_layers")
+        ours = d.get("draftsmith") or {}
+        aux = ours.get("aux_layer_ids") or d.get("eagle_aux_hidden_state_layer_ids")
+        if aux is None and "eagle_config" in d:
+            aux = [i + 1 for i in d["eagle_config"].get("eagle_aux_hidden_state_layer_ids", [])] or None
+        theta, scaling = _rope_of(lambda k, default=None: d.get(k, default))
+        try:
+            hidden = int(d["hidden_size"])
+            heads = int(d["num_attention_heads"])
+            cfg = cls(
+                hidden_size=hidden,
+                intermediate_size=int(d["intermediate_size"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+                head_dim=int(d.get("head_dim") or hidden // heads),
+                vocab_size=int(d["vocab_size"]),
+                draft_vocab_size=int(d.get("draft_vocab_size") or d["vocab_size"]),
+                target_hidden_size=int(d.get("target_hidden_size") or hidden),
+                aux_layer_ids=list(aux) if aux is not None else [],
+                target_num_hidden_layers=int(ours.get("target_num_hidden_layers") or 0),
+                rope_theta=theta,
+                rope_scaling=scaling,
+                max_position_embeddings=int(d.get("max_position_embeddings") or 4096),
+                rms_norm_eps=float(d.get("rms_norm_eps") or 1e-6),
+                hidden_act=str(d.get("hidden_act") or "silu"),
+                bos_token_id=d.get("bos_token_id"),
+                eos_token_id=d.get("eos_token_id"),
+                pad_token_id=d.get("pad_token_id"),
+                dtype=str(d.get("torch_dtype") or d.get("dtype") or "bfloat16"),
+            )
+        except KeyError as e:
+            raise InputError("missing required key", path=path, field=e.args[0]) from None
+        known = set(cfg.to_config_dict())
+        cfg.extra = {k: v for k, v in d.items() if k not in known}
+        return cfg
+
+
+def _rope_of(get) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling-without-theta) from transformers 5 `rope_parameters` or 4.x keys."""
+    params = get("rope_parameters")
+    if isinstance(params, Mapping) and "rope_theta" not in params and params:
+        params = next(iter(params.values())) if all(isinstance(v, Mapping) for v in params.values()) else params
+    scaling = get("rope_scaling")
+    theta = get("rope_theta")
+    if isinstance(params, Mapping):
+        theta = params.get("rope_theta", theta)
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    theta = float(theta if theta is not None else 10000.0)
+    if scaling:
+        scaling = dict(scaling)
+        scaling.setdefault("rope_type", scaling.get("type", "default"))
+        scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "type")}
+    if not scaling or (scaling.get("rope_type") == "default" and len(scaling) == 1):
+        scaling = None
+    return theta, scaling
