@@ -1,0 +1,1 @@
+"""Target-model backends: a tokenized batch in, EAGLE-3 features out."""

@@ -1,0 +1,176 @@
+"""Hugging Face target backend: a tokenized batch -> EAGLE-3 features.
+
+The aux features are the *inputs* of decoder layers `aux_layers` (HF
+`output_hidden_states` indices, SGLang's EAGLE-3 convention [2, L//2, L-3]), captured
+with forward pre-hooks so the other L+1-3 hidden states are never kept. The base model
+is called instead of the causal-LM head, so no full-vocabulary logits are computed; the
+LM head is applied only where the caller asks (`topk`).
+
+Batches are run right-padded with position ids counted over real tokens: a left-padded
+batch is turned right-padded before the forward and back after, which makes the features
+of a sample independent of the padding side and of its batch neighbours.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from draftsmith.errors import DraftsmithError
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise DraftsmithError(f"unknown dtype {name!r}: choose one of {sorted(DTYPES)}") from None
+
+
+def default_aux_layers(num_layers: int) -> list[int]:
+    """SGLang's EAGLE-3 choice: the inputs of layers 2, L//2 and L-3."""
+    return [2, num_layers // 2, num_layers - 3]
+
+
+def _decoder_layers(decoder: nn.Module, num_layers: int) -> nn.ModuleList:
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, nn.ModuleList) and len(layers) >= num_layers:
+            return layers
+    for module in decoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise DraftsmithError(f"cannot find the {num_layers} decoder layers of {type(decoder).__name__}")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly tensor-parallel DTensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def right_pad_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-row gather index that moves the real tokens to the front, keeping their order."""
+    return torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)
+
+
+class HFTarget:
+    """A frozen HF causal LM with hooks on its aux layers (state: the model and its hooks)."""
+
+    def __init__(self, model: nn.Module, aux_layers: list[int] | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.config = model.config
+        text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        self.num_layers = int(text.num_hidden_layers)
+        self.hidden_size = int(text.hidden_size)
+        self.vocab_size = int(text.vocab_size)
+        self.aux_layers = list(aux_layers) if aux_layers is not None else default_aux_layers(self.num_layers)
+        for i in self.aux_layers:
+            if not 0 <= i < self.num_layers:
+                raise DraftsmithError(f"aux layer {i} is outside 0..{self.num_layers - 1} "
+                                      f"(HF output_hidden_states indices of a {self.num_layers}-layer model)")
+        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+        layers = _decoder_layers(self.decoder, self.num_layers)
+        self._captured: dict[int, torch.Tensor] = {}
+        self._hooks = [layers[i].register_forward_pre_hook(self._capture(i), with_kwargs=True)
+                       for i in sorted(set(self.aux_layers))]
+        self._head_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _capture(self, index: int):
+        def hook(module, args, kwargs):
+            self._captured[index] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return _full(self.model.get_output_embeddings().weight)
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{"aux_hidden_states": [B,T,len(aux)*H], "hidden_state": [B,T,H] post final norm}, model dtype.
+
+        Rows at padded positions are zero.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        order = right_pad_order(attention_mask)
+        ids = torch.gather(input_ids, 1, order)
+        mask = torch.gather(attention_mask, 1, order)
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        self._captured.clear()
+        try:
+            out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+            aux = torch.cat([self._captured[i] for i in self.aux_layers], dim=-1)
+        finally:
+            self._captured.clear()
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        keep = mask.unsqueeze(-1).to(hidden.dtype)
+        aux, hidden = _full(aux) * keep, _full(hidden) * keep
+        inverse = torch.argsort(order, dim=1)
+        return {
+            "aux_hidden_states": torch.gather(aux, 1, inverse.unsqueeze(-1).expand(-1, -1, aux.shape[-1])),
+            "hidden_state": torch.gather(hidden, 1, inverse.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])),
+        }
+
+    @torch.no_grad()
+    def topk(self, hidden_state: torch.Tensor, draft_to_target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of the target's logits restricted to the draft vocabulary, for rows [N, H].
+
+        Returns draft-vocab ids [N, k] (int64) and their logits [N, k] in the model dtype.
+        Only the Vd rows of the LM head that the draft can emit are multiplied.
+        """
+        cached = self._head_cache
+        if cached is None or cached[0] is not draft_to_target:
+            sub = self.lm_head_weight.index_select(0, draft_to_target.to(self.device))
+            cached = self._head_cache = (draft_to_target, sub)
+        head = cached[1]
+        if k > head.shape[0]:
+            raise DraftsmithError(f"top-k {k} exceeds the draft vocabulary size {head.shape[0]}")
+        logits = hidden_state.to(head.dtype) @ head.T
+        values, ids = torch.topk(logits, k, dim=-1, sorted=True)
+        return ids, values
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+def load_target(model_path: str, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu",
+                aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False,
+                tp_mesh=None) -> HFTarget:
+    """Load an HF causal LM (local folder or hub name) as a frozen feature backend.
+
+    `tp_size > 1` shards the model with transformers' tensor parallelism over `tp_mesh`
+    (a 1-D DeviceMesh of this rank's tp group, see `draftsmith.dist.device_mesh`).
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = dict(dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
+    if tp_size > 1:
+        if tp_mesh is None:
+            raise DraftsmithError("tp_size > 1 needs the tp DeviceMesh (draftsmith.dist.device_mesh(...)['tp'])")
+        kwargs.update(tp_plan="auto", device_mesh=tp_mesh)
+    else:
+        kwargs.update(device_map={"": str(torch.device(device))})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise DraftsmithError(f"cannot load target model {model_path}: {e}") from e
+    return HFTarget(model, aux_layers)
