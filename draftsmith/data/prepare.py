@@ -1,0 +1,358 @@
+"""prepare-data: a preset or local files -> canonical conversations JSONL (DESIGN.md ✱).
+
+Writes `<output>/<name>/`: `<name>_train.jsonl` (and `<name>_eval.jsonl` with
+--split-eval), `<name>_skipped.jsonl` with one {"source", "line"/"index", "id"?,
+"reason", "field"?, "detail"?} row per input row that could not be normalized, and
+`<name>_summary.json` whose counts add up: read == written + skipped.
+
+Rows are normalized by `conversation.normalize_row` (its docstring states the
+policy: role aliases, system/leading/trailing turns, same-role merges). Duplicate
+ids are renamed `<id>#2`, `<id>#3`, ... in input order. Output rows keep input order;
+the eval rows are a seeded sample, so the same input and seed give byte-identical
+files whatever --num-proc is. Everything is written into a hidden staging folder and
+moved into place at the end: an interrupted run leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import tempfile
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from draftsmith import resources
+from draftsmith.data import conversation
+from draftsmith.data.formats import SUFFIXES, Record, iter_records
+from draftsmith.data.presets import PRESETS, Preset, get_preset, hub_records
+from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.fsutil import write_json_atomic
+
+BATCH_ROWS = 256
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str
+    data_path: list[Path] = field(default_factory=list)
+    output_path: Path | None = None  # None -> <cache>/dataset
+    name: str | None = None  # output folder and file prefix; default: the dataset name
+    sample_size: int | None = None
+    split_eval: bool = False
+    eval_ratio: float = 0.05
+    seed: int = 0
+    num_proc: int = 1
+    overwrite: bool = False
+    strict: bool = False
+    progress: bool | None = None  # None: a progress bar only on a terminal
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    train_path: Path
+    eval_path: Path | None
+    skipped_path: Path
+    summary_path: Path
+    summary: dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    presets = ", ".join(f"{p.name}" for p in PRESETS.values())
+    parser.add_argument("--dataset", default=None,
+                        help=f"preset name ({presets}); default 'custom' when --data-path is given")
+    parser.add_argument("--data-path", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="local .json/.jsonl/.parquet file(s) or folder(s) in the preset's row shape, "
+                             "read instead of the hub")
+    parser.add_argument("--output-path", type=Path, default=None,
+                        help="parent folder of the output (default: cache/dataset)")
+    parser.add_argument("--name", default=None, help="output folder and file prefix (default: the dataset name)")
+    parser.add_argument("--sample-size", type=int, default=None, metavar="N",
+                        help="stop after N conversations are written (the first N usable rows)")
+    parser.add_argument("--split-eval", action="store_true", help="also write a held-out <name>_eval.jsonl")
+    parser.add_argument("--eval-ratio", type=float, default=0.05, help="share of written rows for eval (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the eval sample (default 0)")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes that normalize rows (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 if any row was skipped (the output and the report are still written)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = PrepareConfig(dataset=args.dataset or ("custom" if args.data_path else ""), data_path=list(args.data_path),
+                        output_path=args.output_path, name=args.name, sample_size=args.sample_size,
+                        split_eval=args.split_eval, eval_ratio=args.eval_ratio, seed=args.seed,
+                        num_proc=args.num_proc, overwrite=args.overwrite, strict=args.strict)
+    if not cfg.dataset:
+        raise DraftsmithError("pass --dataset NAME (a preset) or --data-path FILE")
+    result = prepare_data(cfg)
+    print(format_summary(result))
+    skipped = result.summary["skipped"]
+    if cfg.strict and skipped:
+        print(f"error: --strict: {skipped} row(s) skipped, see {result.skipped_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prepare_data(cfg: PrepareConfig) -> PrepareResult:
+    """Run the stage; raises DraftsmithError on bad settings, never on bad rows."""
+    preset = get_preset(cfg.dataset)
+    _check_config(cfg, preset)
+    files = _expand_paths(cfg.data_path)
+    name = cfg.name or preset.name
+    parent = Path(cfg.output_path) if cfg.output_path is not None else resources.cache_root() / "dataset"
+    out_dir = parent / name
+    if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
+        raise DraftsmithError(f"output {out_dir} already exists; pass --overwrite to replace it "
+                              f"(or choose another --output-path / --name)")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    try:
+        summary = _write_outputs(cfg, preset, files, name, staging)
+        write_json_atomic(staging / f"{name}_summary.json", summary)
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    eval_path = out_dir / f"{name}_eval.jsonl" if cfg.split_eval else None
+    return PrepareResult(out_dir, out_dir / f"{name}_train.jsonl", eval_path, out_dir / f"{name}_skipped.jsonl",
+                         out_dir / f"{name}_summary.json", summary)
+
+
+def _check_config(cfg: PrepareConfig, preset: Preset) -> None:
+    if preset.hub_name is None and not cfg.data_path:
+        raise DraftsmithError(f"dataset {preset.name!r} is local-only: pass --data-path FILE")
+    if cfg.sample_size is not None and cfg.sample_size < 1:
+        raise DraftsmithError(f"--sample-size must be at least 1, got {cfg.sample_size}")
+    if cfg.split_eval and not 0.0 < cfg.eval_ratio < 1.0:
+        raise DraftsmithError(f"--eval-ratio must be between 0 and 1 (exclusive), got {cfg.eval_ratio}")
+    if cfg.num_proc < 1:
+        raise DraftsmithError(f"--num-proc must be at least 1, got {cfg.num_proc}")
+    if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
+        raise DraftsmithError(f"--name must be a plain folder name, got {cfg.name!r}")
+
+
+def _expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder contributes its .json/.jsonl/.parquet files in name order."""
+    files = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().removesuffix(".gz").endswith(SUFFIXES))
+            if not found:
+                raise InputError(f"folder has no {', '.join(SUFFIXES)} files", path=path)
+            files.extend(found)
+        elif not path.is_file():
+            raise InputError("no such file", path=path)
+        else:
+            files.append(path)
+    return files
+
+
+def _records(preset: Preset, files: list[Path]) -> Iterator[Record]:
+    if not files:
+        yield from hub_records(preset)
+    for path in files:
+        yield from iter_records(path)
+
+
+# ----------------------------------------------------------------- normalization (runs in workers)
+
+def _normalize_batch(job: tuple[str, list[tuple[int, object]]]) -> list[tuple]:
+    """Normalize (ordinal, raw value) pairs; per row ("ok", kind, id, json line, fixes)
+    or ("skip", reason, field, id or None). Runs in worker processes: plain data in and out."""
+    preset_name, items = job
+    to_row = PRESETS[preset_name].to_row
+    out = []
+    for ordinal, value in items:
+        row = to_row(value, ordinal)
+        result = conversation.normalize_row(row)
+        if result.problem is None:
+            fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
+            out.append(("ok", result.kind, result.row["id"], json.dumps(result.row, ensure_ascii=False), fixes))
+        else:
+            raw_id = row.get("id") if isinstance(row, dict) else None
+            out.append(("skip", result.problem.reason, result.problem.field,
+                        raw_id if isinstance(raw_id, str) else None))
+    return out
+
+
+def _batches(records: Iterator[Record], preset_name: str) -> Iterator[tuple[list[Record], tuple]]:
+    """Batches of records with their job; a row's ordinal is its position among all input rows,
+    so positional ids do not depend on batching or --num-proc."""
+    ordinal = 0
+    while True:
+        batch = list(itertools.islice(records, BATCH_ROWS))
+        if not batch:
+            return
+        items = [(ordinal + i, r.value) for i, r in enumerate(batch) if r.error is None]
+        yield batch, (preset_name, items)
+        ordinal += len(batch)
+
+
+def _normalized(records: Iterator[Record], preset_name: str, num_proc: int) -> Iterator[tuple[Record, tuple | None]]:
+    """(record, result) in input order; result is None for rows the reader could not parse.
+
+    With num_proc > 1, at most 2 * num_proc batches are in flight, so memory stays bounded
+    whatever the input size; reading stays in this process, so its errors surface here.
+    """
+    if num_proc == 1:
+        for batch, job in _batches(records, preset_name):
+            yield from _pair(batch, _normalize_batch(job))
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(num_proc) as pool:
+        pending: deque = deque()
+        for batch, job in _batches(records, preset_name):
+            pending.append((batch, pool.apply_async(_normalize_batch, (job,))))
+            if len(pending) >= 2 * num_proc:
+                done, result = pending.popleft()
+                yield from _pair(done, result.get())
+        while pending:
+            done, result = pending.popleft()
+            yield from _pair(done, result.get())
+
+
+def _pair(batch: list[Record], normalized: list[tuple]) -> Iterator[tuple[Record, tuple | None]]:
+    it = iter(normalized)
+    for record in batch:
+        yield record, (None if record.error else next(it))
+
+
+# ----------------------------------------------------------------- writing
+
+def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: str, staging: Path) -> dict:
+    train_path = staging / f"{name}_train.jsonl"
+    rows_path = staging / f"{name}_rows.jsonl" if cfg.split_eval else train_path
+    read = written = duplicates = 0
+    skipped_by_reason: Counter = Counter()
+    kinds: Counter = Counter()
+    fixes = dict.fromkeys(conversation.FIX_KINDS, 0)
+    seen_ids: set[str] = set()
+    records = _records(preset, files)
+    with open(rows_path, "w", encoding="utf-8", newline="\n") as out, \
+            open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n") as skipped, \
+            tqdm(desc=f"prepare-data {name}", unit=" rows", disable=_no_bar(cfg), file=sys.stderr) as bar:
+        for record, result in _normalized(records, preset.name, cfg.num_proc):
+            read += 1
+            bar.update()
+            if result is None or result[0] == "skip":
+                if result is None:
+                    entry = {"source": record.source, **record.position(), "reason": record.error,
+                             "detail": record.detail}
+                else:
+                    _, reason, where, row_id = result
+                    entry = {"source": record.source, **record.position(), **({"id": row_id} if row_id else {}),
+                             "reason": reason, **({"field": where} if where else {})}
+                skipped_by_reason[entry["reason"]] += 1
+                skipped.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                continue
+            _, kind, row_id, line, row_fixes = result
+            if row_id in seen_ids:
+                row_id = _unique_id(row_id, seen_ids)
+                line = json.dumps({**json.loads(line), "id": row_id}, ensure_ascii=False)
+                duplicates += 1
+            seen_ids.add(row_id)
+            out.write(line + "\n")
+            written += 1
+            kinds[kind] += 1
+            for k, n in zip(conversation.FIX_KINDS, row_fixes):
+                fixes[k] += n
+            if cfg.sample_size is not None and written >= cfg.sample_size:
+                break
+    n_eval = 0
+    if cfg.split_eval:
+        n_eval = _split(rows_path, train_path, staging / f"{name}_eval.jsonl", written, cfg.eval_ratio, cfg.seed)
+        rows_path.unlink()
+    skipped_total = sum(skipped_by_reason.values())
+    assert read == written + skipped_total
+    return {
+        "dataset": preset.name,
+        "name": name,
+        "sources": [str(p) for p in files] or [preset.hub_source],
+        "read": read,
+        "written": written,
+        "skipped": skipped_total,
+        "train": written - n_eval,
+        "eval": n_eval,
+        "duplicates": duplicates,
+        "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
+        "kinds": dict(sorted(kinds.items())),
+        "normalized": fixes,
+        "sample_size": cfg.sample_size,
+        "split_eval": cfg.split_eval,
+        "eval_ratio": cfg.eval_ratio if cfg.split_eval else None,
+        "seed": cfg.seed,
+        "files": {"train": train_path.name, "eval": f"{name}_eval.jsonl" if cfg.split_eval else None,
+                  "skipped": f"{name}_skipped.jsonl"},
+    }
+
+
+def _no_bar(cfg: PrepareConfig) -> bool | None:
+    return None if cfg.progress is None else not cfg.progress
+
+
+def _unique_id(row_id: str, seen: set[str]) -> str:
+    n = 2
+    while f"{row_id}#{n}" in seen:
+        n += 1
+    return f"{row_id}#{n}"
+
+
+def eval_count(n: int, ratio: float) -> int:
+    """Rows held out for eval: round(n * ratio), at least 1 and at most n - 1 when n >= 2."""
+    if n < 2:
+        return 0
+    return min(max(int(math.floor(n * ratio + 0.5)), 1), n - 1)
+
+
+def _split(rows_path: Path, train_path: Path, eval_path: Path, n: int, ratio: float, seed: int) -> int:
+    """Stream the rows into train/eval; eval is a seeded sample, both keep input order."""
+    k = eval_count(n, ratio)
+    chosen = set(random.Random(seed).sample(range(n), k))
+    with open(rows_path, encoding="utf-8", newline="\n") as rows, \
+            open(train_path, "w", encoding="utf-8", newline="\n") as train, \
+            open(eval_path, "w", encoding="utf-8", newline="\n") as held_out:
+        for i, line in enumerate(rows):
+            (held_out if i in chosen else train).write(line)
+    return k
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder to out_dir; an old out_dir is set aside, then deleted."""
+    os.chmod(staging, 0o755)
+    for path in staging.iterdir():
+        os.chmod(path, 0o644)  # temp files are created 0600
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def format_summary(result: PrepareResult) -> str:
+    """The table printed at the end of a run."""
+    s = result.summary
+    lines = [f"prepare-data {s['name']}  ({', '.join(s['sources'])})",
+             f"  {'read':<34}{s['read']:>10,}",
+             f"  {'written':<34}{s['written']:>10,}   train {s['train']:,}   eval {s['eval']:,}",
+             f"  {'skipped':<34}{s['skipped']:>10,}"]
+    lines += [f"    {reason:<32}{n:>10,}" for reason, n in s["skipped_by_reason"].items()]
+    lines.append(f"  {'duplicate ids renamed':<34}{s['duplicates']:>10,}")
+    labels = {"merged": "same-role messages merged", "dropped_system": "non-leading system messages dropped",
+              "dropped_leading": "replies before first user dropped", "dropped_trailing": "trailing unanswered turns dropped"}
+    lines += [f"  {labels[k]:<34}{n:>10,}" for k, n in s["normalized"].items() if n]
+    lines.append(f"  output: {result.out_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""validate-data: check conversation / pre-formatted files before training, writing nothing.
+
+Every row goes through `conversation.find_problem` (the same rules build-dataset
+applies), so a file that passes here tokenizes without skips. The report counts rows
+per problem kind with the first few positions of each; exit status 1 when any row is
+invalid (or a file holds no rows), 0 otherwise. Duplicate ids and files that mix
+conversation with pre-formatted rows are warnings: they do not make a row invalid,
+but build-dataset reads one kind per run and merged files often repeat ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from draftsmith.data.conversation import find_problem
+from draftsmith.data.formats import Record, file_format, iter_records
+from draftsmith.errors import InputError
+
+EMPTY_FILE = "empty file"
+
+
+@dataclass
+class ProblemCount:
+    count: int = 0
+    examples: list[str] = field(default_factory=list)  # "file:line 12" / "file:index 3"
+
+
+@dataclass
+class FileReport:
+    path: str
+    rows: int = 0
+    valid: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # valid rows per kind
+
+
+@dataclass
+class ValidationReport:
+    files: list[FileReport]
+    problems: dict[str, ProblemCount]
+    warnings: dict[str, ProblemCount]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def invalid(self) -> int:
+        return sum(p.count for k, p in self.problems.items() if k != EMPTY_FILE)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "rows": self.rows, "invalid": self.invalid, **asdict(self)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help=".jsonl / .json / .parquet files of conversation or pre-formatted rows")
+    parser.add_argument("--max-examples", type=int, default=5,
+                        help="positions listed per problem kind (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = validate_files(args.files, max_examples=args.max_examples)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+def validate_files(paths: list[Path], max_examples: int = 5) -> ValidationReport:
+    """Check every row of every file; unreadable files raise InputError (missing, wrong type)."""
+    problems: dict[str, ProblemCount] = {}
+    warnings: dict[str, ProblemCount] = {}
+    files = []
+    first_seen: dict[str, str] = {}
+
+    def note(table: dict[str, ProblemCount], kind: str, where: str) -> None:
+        entry = table.setdefault(kind, ProblemCount())
+        entry.count += 1
+        if len(entry.examples) < max_examples:
+            entry.examples.append(where)
+
+    for path in paths:  # fail on a missing or unsupported file before reading any
+        file_format(path)
+        if not Path(path).is_file():
+            raise InputError("no such file", path=path)
+    for path in paths:
+        report = FileReport(str(path))
+        kinds: Counter = Counter()
+        for record in iter_records(path):
+            report.rows += 1
+            where = _where(path, record)
+            if record.error:
+                note(problems, record.error, f"{where} ({record.detail})" if record.detail else where)
+                continue
+            kind, problem = find_problem(record.value)
+            if problem:
+                note(problems, problem.reason, f"{where} ({problem.field})" if problem.field else where)
+                continue
+            report.valid += 1
+            kinds[kind] += 1
+            row_id = record.value["id"]
+            if row_id in first_seen:
+                note(warnings, "duplicate id", f"{where} (id {row_id!r}, first at {first_seen[row_id]})")
+            else:
+                first_seen[row_id] = where
+        report.kinds = dict(sorted(kinds.items()))
+        if report.rows == 0:
+            note(problems, EMPTY_FILE, str(path))
+        if len(kinds) > 1:
+            note(warnings, "mixes conversation and pre-formatted rows", str(path))
+        files.append(report)
+    return ValidationReport(files, problems, warnings)
+
+
+def _where(path: Path, record: Record) -> str:
+    if record.line is not None:
+        return f"{path}:{record.line}"
+    return f"{path}[{record.index}]"
+
+
+def format_report(report: ValidationReport) -> str:
+    lines = []
+    for f in report.files:
+        kinds = ", ".join(f"{n:,} {k}" for k, n in f.kinds.items()) or "none"
+        lines.append(f"{f.path}: {f.rows:,} rows, {f.valid:,} valid ({kinds}), {f.rows - f.valid:,} invalid")
+    for title, table in (("problems", report.problems), ("warnings", report.warnings)):
+        if table:
+            lines.append(f"{title}:")
+            for kind, entry in sorted(table.items(), key=lambda kv: (-kv[1].count, kv[0])):
+                more = ", ..." if entry.count > len(entry.examples) else ""
+                lines.append(f"  {kind:<44}{entry.count:>8,}   {', '.join(entry.examples)}{more}")
+    verdict = "OK" if report.ok else f"INVALID: {report.invalid:,} of {report.rows:,} rows"
+    lines.append(f"{verdict} ({len(report.files)} file{'s' if len(report.files) != 1 else ''})")
+    return "\n".join(lines)
