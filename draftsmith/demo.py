@@ -29,6 +29,8 @@ from draftsmith.fsutil import write_json_atomic, write_text_atomic
 
 STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
+# Small shards so an interrupted hidden-states stage loses at most about a minute of work.
+FEATURE_SHARD_MB = 16
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,9 @@ def stage_build_dataset(ctx: StageContext) -> dict:
 def stage_hidden_states(ctx: StageContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir / "features"
     argv = ["--model-path", _model_path(ctx), "--enable-aux-hidden-states",
-            "--data-path", ctx.results["prepare-data"]["train_jsonl"], "--chat-template", cfg.chat_template,
-            "--max-length", str(cfg.max_length), "--batch-size", str(cfg.hidden_states_batch_size),
-            "--output-path", str(out)]
+            "--data-path", ctx.results["build-dataset"]["dataset"], "--max-length", str(cfg.max_length),
+            "--batch-size", str(cfg.hidden_states_batch_size), "--shard-mb", str(FEATURE_SHARD_MB),
+            "--device", cfg.device, "--output-path", str(out)]
     if cfg.codec:
         argv += ["--codec", cfg.codec]
     call_stage("hidden-states", argv)
