@@ -1,0 +1,427 @@
+"""The `build-dataset` stage: conversations JSONL -> tokenized dataset (id, input_ids, loss_mask).
+
+Rows are rendered with a chat template (templates.py), tokenized once with offsets and
+masked (loss_mask.py), truncated to `max_length`, and written as a `datasets` folder.
+Rows that cannot be used are skipped with a stable reason, counted in the report and
+listed with their position in `skipped.jsonl`; nothing is turned into an all-zero mask.
+
+The output is cached under a key of everything that changes it (data file content,
+tokenizer files, template, max length and every flag; not `num_proc`, which never
+changes the output), so the training and hidden-state stages that call
+`build_dataset` with the same inputs reuse it instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from draftsmith import resources
+from draftsmith.data.conversation import check_row
+from draftsmith.data.formats import iter_records
+from draftsmith.data.loss_mask import backend_tokenizer, tokenize_with_mask
+from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_template, template_names
+from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.fsutil import write_json_atomic
+
+FORMAT_VERSION = 1
+MANIFEST = "draftsmith_build.json"
+SKIPPED = "skipped.jsonl"
+CHUNK_ROWS = 256
+NO_SUPERVISED = "no supervised token within max_length"
+NO_REPLY = "no assistant reply in rendered text"
+_TOKENIZER_SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
+
+
+@dataclass
+class BuildConfig:
+    """Everything build-dataset needs. `system_prompt` fills rows without a system message;
+    `use_template_system_prompt` opts in to a named template's default one instead."""
+
+    data_path: str
+    tokenizer: str
+    chat_template: str = HF
+    max_length: int = 2048
+    is_preformatted: bool = False
+    train_only_last_turn: bool = False
+    system_prompt: str | None = None
+    use_template_system_prompt: bool = False
+    num_proc: int = 1
+    output: str | None = None
+    trust_remote_code: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    report: dict
+    key: str
+    cached: bool = False
+
+
+@dataclass
+class _Chunk:
+    """Output of one chunk of rows, in input order."""
+
+    ids: list[str] = field(default_factory=list)
+    input_ids: list[np.ndarray] = field(default_factory=list)
+    loss_mask: list[np.ndarray] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    truncated: int = 0
+
+
+# ------------------------------------------------------------------------------ cache key
+def _sha256_file(path: Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h
+
+
+def tokenizer_fingerprint(tokenizer_ref: str, tokenizer=None) -> str:
+    """Hash of the tokenizer: its local files (not weights), else the loaded tokenizer's state."""
+    h = hashlib.sha256()
+    path = Path(tokenizer_ref)
+    if path.is_dir():
+        for f in sorted(p for p in path.iterdir() if p.is_file() and not p.name.endswith(_TOKENIZER_SKIP_SUFFIXES)):
+            if f.name.startswith("."):
+                continue
+            h.update(f.name.encode() + b"\0")
+            _sha256_file(f, h)
+        return h.hexdigest()
+    if tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_ref)
+    h.update(backend_tokenizer(tokenizer).to_str().encode())
+    h.update(json.dumps({"chat_template": tokenizer.chat_template, "special": tokenizer.special_tokens_map},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
+    data = Path(cfg.data_path)
+    if not data.is_file():
+        raise InputError("no such file", path=data, field="data_path")
+    template = cfg.chat_template if cfg.chat_template == HF else get_template(cfg.chat_template).fingerprint()
+    parts = {
+        "format": FORMAT_VERSION,
+        "data": _sha256_file(data).hexdigest(),
+        "tokenizer": tokenizer_fingerprint(cfg.tokenizer, tokenizer),
+        "template": template,
+        "max_length": cfg.max_length,
+        "is_preformatted": cfg.is_preformatted,
+        "train_only_last_turn": cfg.train_only_last_turn,
+        "system_prompt": cfg.system_prompt,
+        "use_template_system_prompt": cfg.use_template_system_prompt,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------ workers
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise DraftsmithError(f"cannot load tokenizer {ref!r}: {e}") from e
+
+
+def _stop_tokens(ref: str, tokenizer) -> list[str]:
+    """End-of-generation tokens from generation_config.json beside the tokenizer, if any."""
+    path = Path(ref) / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
+    return [t for t in tokenizer.convert_ids_to_tokens(ids) if t]
+
+
+def make_renderer(cfg: BuildConfig, tokenizer):
+    if cfg.chat_template == HF:
+        return JinjaTemplate(tokenizer, stop_tokens=_stop_tokens(cfg.tokenizer, tokenizer))
+    return get_template(cfg.chat_template)
+
+
+class _Worker:
+    """Per-process state: tokenizer backend and renderer, built once."""
+
+    def __init__(self, cfg: BuildConfig, tokenizer=None):
+        tokenizer = tokenizer or load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+        self.cfg = cfg
+        self.backend = backend_tokenizer(tokenizer)
+        self.renderer = make_renderer(cfg, tokenizer)
+
+    def process(self, rows: list[tuple[dict, dict]]) -> _Chunk:
+        cfg, chunk = self.cfg, _Chunk()
+        texts, spans, kept = [], [], []
+        for where, row in rows:
+            try:
+                if cfg.is_preformatted:
+                    rendered = self.renderer.parse(row["text"])
+                else:
+                    rendered = self.renderer.render(row["conversations"], system_prompt=cfg.system_prompt,
+                                                    use_default_system=cfg.use_template_system_prompt,
+                                                    tools=row.get("tools"))
+            except TemplateError as e:
+                chunk.skipped.append({**where, "reason": str(e)})
+                continue
+            row_spans = rendered.spans[-1:] if cfg.train_only_last_turn else rendered.spans
+            if not row_spans:
+                chunk.skipped.append({**where, "reason": NO_REPLY})
+                continue
+            texts.append(rendered.text)
+            spans.append(row_spans)
+            kept.append((where, row))
+        for (where, row), (ids, mask) in zip(kept, tokenize_with_mask(self.backend, texts, spans)):
+            if len(ids) > cfg.max_length:
+                ids, mask = ids[: cfg.max_length], mask[: cfg.max_length]
+                chunk.truncated += 1
+            if not mask.any():
+                chunk.skipped.append({**where, "reason": NO_SUPERVISED})
+                continue
+            chunk.ids.append(row["id"])
+            chunk.input_ids.append(ids)
+            chunk.loss_mask.append(mask)
+        return chunk
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(cfg: BuildConfig) -> None:
+    global _WORKER
+    _WORKER = _Worker(cfg)
+
+
+def _process_in_worker(rows):
+    return _WORKER.process(rows)
+
+
+# ------------------------------------------------------------------------------ reading
+def _read_rows(cfg: BuildConfig, skipped: list[dict], counts: Counter) -> Iterator[list[tuple[dict, dict]]]:
+    """Chunks of (position, row) for valid rows of the expected kind; the rest go to `skipped`."""
+    chunk = []
+    for rec in iter_records(cfg.data_path):
+        counts["rows_in"] += 1
+        where = {"source": rec.source, **rec.position()}
+        if rec.error:
+            skipped.append({**where, "reason": rec.error})
+            continue
+        kind, reason = check_row(rec.value)
+        if isinstance(rec.value, dict) and isinstance(rec.value.get("id"), str):
+            where["id"] = rec.value["id"]
+        if reason is None and (kind == "preformatted") != cfg.is_preformatted:
+            reason = ("pre-formatted row without --is-preformatted" if kind == "preformatted"
+                      else "conversation row with --is-preformatted")
+        if reason:
+            skipped.append({**where, "reason": reason})
+            continue
+        chunk.append((where, rec.value))
+        if len(chunk) >= CHUNK_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _chunks(cfg: BuildConfig, tokenizer, skipped: list[dict], counts: Counter) -> Iterator[_Chunk]:
+    rows = _read_rows(cfg, skipped, counts)
+    if cfg.num_proc <= 1:
+        worker = _Worker(cfg, tokenizer)
+        for chunk in rows:
+            yield worker.process(chunk)
+        return
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked Rust thread pools deadlock otherwise
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
+        yield from pool.imap(_process_in_worker, rows, chunksize=1)
+
+
+# ------------------------------------------------------------------------------ writing
+def _record_batch(chunk: _Chunk):
+    import pyarrow as pa
+
+    def lists(arrays: list[np.ndarray], dtype) -> "pa.Array":
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
+        values = np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+    return pa.RecordBatch.from_arrays(
+        [pa.array(chunk.ids, pa.string()), lists(chunk.input_ids, np.int64), lists(chunk.loss_mask, np.int8)],
+        names=["id", "input_ids", "loss_mask"])
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.int8()))])
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an old folder at `out` is replaced only after the new one exists."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_quietly(dataset, path: Path) -> None:
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        dataset.save_to_disk(str(path))
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    f = Path(path) / MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def output_dir(cfg: BuildConfig, key: str) -> Path:
+    return Path(cfg.output) if cfg.output else resources.cache_root() / "datasets" / key
+
+
+def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
+    """Build (or reuse from cache) the tokenized dataset for `cfg`; see the module docstring."""
+    if cfg.max_length <= 0:
+        raise InputError("must be positive", field="max_length")
+    if cfg.chat_template not in template_names():
+        get_template(cfg.chat_template)  # raises with the known names
+    if cfg.use_template_system_prompt and cfg.chat_template != HF and get_template(cfg.chat_template).default_system is None:
+        raise DraftsmithError(f"template {cfg.chat_template!r} has no default system prompt")
+    tokenizer = None if Path(cfg.tokenizer).is_dir() else load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    key = cache_key(cfg, tokenizer)
+    out = output_dir(cfg, key)
+    manifest = read_manifest(out)
+    if not cfg.overwrite and manifest and manifest.get("key") == key and (out / "dataset_info.json").exists():
+        return BuildResult(out, manifest["report"], key, cached=True)
+
+    import pyarrow as pa
+    from datasets import Dataset
+
+    started = time.perf_counter()
+    tokenizer = tokenizer or load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        skipped: list[dict] = []
+        counts: Counter = Counter()
+        arrow = tmp / "rows.arrow"
+        with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, _schema()) as writer:
+            for chunk in _chunks(cfg, tokenizer, skipped, counts):
+                skipped.extend(chunk.skipped)
+                counts["truncated"] += chunk.truncated
+                counts["rows_out"] += len(chunk.ids)
+                counts["tokens"] += sum(len(a) for a in chunk.input_ids)
+                counts["supervised_tokens"] += int(sum(int(m.sum()) for m in chunk.loss_mask))
+                if chunk.ids:
+                    writer.write_batch(_record_batch(chunk))
+                if progress:
+                    print(f"\r{counts['rows_in']} rows read, {counts['rows_out']} written", end="", file=sys.stderr)
+        if progress:
+            print(file=sys.stderr)
+        if counts["rows_out"] == 0:
+            reasons = Counter(s["reason"] for s in skipped).most_common(3)
+            raise InputError(f"no usable row ({counts['rows_in']} read; skipped: {reasons})", path=cfg.data_path)
+        data_dir = tmp / "data"
+        _save_quietly(Dataset.from_file(str(arrow)), data_dir)
+        for f in data_dir.iterdir():
+            os.replace(f, tmp / f.name)
+        data_dir.rmdir()
+        arrow.unlink()
+        report = {
+            "rows_in": counts["rows_in"], "rows_out": counts["rows_out"], "skipped": len(skipped),
+            "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+            "truncated": counts["truncated"], "tokens": counts["tokens"],
+            "supervised_tokens": counts["supervised_tokens"], "seconds": round(time.perf_counter() - started, 3),
+        }
+        with open(tmp / SKIPPED, "w", encoding="utf-8") as f:
+            for s in skipped:
+                f.write(json.dumps(s, ensure_ascii=False) + "\n")
+        config = {k: v for k, v in asdict(cfg).items() if k not in ("output", "overwrite", "num_proc")}
+        write_json_atomic(tmp / MANIFEST, {"key": key, "format": FORMAT_VERSION, "config": config, "report": report})
+        _publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return BuildResult(out, report, key)
+
+
+# ------------------------------------------------------------------------------ CLI
+TEMPLATE_DEFAULT = object()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-path", required=True, help="conversations or pre-formatted JSONL/JSON/parquet")
+    parser.add_argument("--tokenizer", "--model-path", dest="tokenizer", required=True,
+                        help="tokenizer folder or hub name (usually the target model)")
+    parser.add_argument("--chat-template", default=HF, choices=template_names(),
+                        help="named template, or 'hf' for the tokenizer's own jinja template (default)")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--is-preformatted", action="store_true",
+                        help="rows are {'id','text'} already rendered with the chat template")
+    parser.add_argument("--train-only-last-turn", action="store_true", help="supervise only the last reply")
+    parser.add_argument("--system-prompt", nargs="?", const=TEMPLATE_DEFAULT, default=None,
+                        help="system message for rows without one; without a value, the template's default")
+    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--output", default=None, help="output folder (default: a cache folder keyed by the inputs)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even when the cache matches")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own Python code")
+    parser.add_argument("--draft-vocab-size", type=int, default=None,
+                        help="also build the draft vocab mapping (d2t/t2d) of this size")
+    parser.add_argument("--target-vocab-size", type=int, default=None,
+                        help="target vocab size for the mapping (default: the model config's, else the tokenizer's)")
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    default = args.system_prompt is TEMPLATE_DEFAULT
+    return BuildConfig(data_path=args.data_path, tokenizer=args.tokenizer, chat_template=args.chat_template,
+                       max_length=args.max_length, is_preformatted=args.is_preformatted,
+                       train_only_last_turn=args.train_only_last_turn,
+                       system_prompt=None if default else args.system_prompt, use_template_system_prompt=default,
+                       num_proc=args.num_proc, output=args.output, trust_remote_code=args.trust_remote_code,
+                       overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = build_dataset(cfg, progress=True)
+    summary = {"path": str(result.path), "cached": result.cached, **result.report}
+    if args.draft_vocab_size:
+        from draftsmith.data.vocab import build_vocab_mapping, target_vocab_size_of
+
+        size = args.target_vocab_size or target_vocab_size_of(cfg.tokenizer, cfg.trust_remote_code)
+        vm = build_vocab_mapping(result.path, target_vocab_size=size, draft_vocab_size=args.draft_vocab_size)
+        summary["vocab_mapping"] = {"path": str(vm.path), "draft_vocab_size": args.draft_vocab_size,
+                                    "target_vocab_size": size, "coverage": round(vm.coverage, 6)}
+    print(json.dumps(summary, indent=2))
+    return 0
