@@ -183,7 +183,7 @@ def _normalize_batch(job: tuple[str, list[tuple[int, object]]]) -> list[tuple]:
         else:
             raw_id = row.get("id") if isinstance(row, dict) else None
             out.append(("skip", result.problem.reason, result.problem.field,
-                        raw_id if isinstance(raw_id, str) else None))
+                        raw_id if isinstance(raw_id, str) and raw_id.strip() else None))
     return out
 
 
@@ -345,14 +345,17 @@ def _replace_dir(staging: Path, out_dir: Path) -> None:
 def format_summary(result: PrepareResult) -> str:
     """The table printed at the end of a run."""
     s = result.summary
-    lines = [f"prepare-data {s['name']}  ({', '.join(s['sources'])})",
-             f"  {'read':<34}{s['read']:>10,}",
-             f"  {'written':<34}{s['written']:>10,}   train {s['train']:,}   eval {s['eval']:,}",
-             f"  {'skipped':<34}{s['skipped']:>10,}"]
-    lines += [f"    {reason:<32}{n:>10,}" for reason, n in s["skipped_by_reason"].items()]
-    lines.append(f"  {'duplicate ids renamed':<34}{s['duplicates']:>10,}")
     labels = {"merged": "same-role messages merged", "dropped_system": "non-leading system messages dropped",
-              "dropped_leading": "replies before first user dropped", "dropped_trailing": "trailing unanswered turns dropped"}
-    lines += [f"  {labels[k]:<34}{n:>10,}" for k, n in s["normalized"].items() if n]
+              "dropped_leading": "replies before the first user dropped",
+              "dropped_trailing": "unanswered trailing turns dropped"}
+    rows = [("read", s["read"], ""),
+            ("written", s["written"], f"   train {s['train']:,}   eval {s['eval']:,}"),
+            ("skipped", s["skipped"], "")]
+    rows += [(f"  {reason}", n, "") for reason, n in s["skipped_by_reason"].items()]
+    rows.append(("duplicate ids renamed", s["duplicates"], ""))
+    rows += [(labels[k], n, "") for k, n in s["normalized"].items() if n]
+    width = max(len(label) for label, _, _ in rows) + 2
+    lines = [f"prepare-data {s['name']}  ({', '.join(s['sources'])})"]
+    lines += [f"  {label:<{width}}{n:>10,}{extra}" for label, n, extra in rows]
     lines.append(f"  output: {result.out_dir}")
     return "\n".join(lines)
