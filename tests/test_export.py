@@ -1,0 +1,223 @@
+"""export / inspect: the served folder round-trips, and every corruption that would make an
+engine serve garbage is refused with a message naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from draftsmith import cli
+from draftsmith.draft.config import Eagle3Config
+from draftsmith.draft.model import Eagle3Draft
+from draftsmith.errors import InputError
+from draftsmith.export import ExportConfig, check_config, check_folder, export_checkpoint, load_target_config
+
+AUX = [1, 2, 3]          # a 4-layer target: the default [2, L//2, L-3] = [2, 2, 1] is not three layers
+DRAFT_VOCAB = 512
+
+
+def _vocab_mapping(vocab: int, draft_vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A non-identity mapping: the draft keeps every third target id."""
+    target_ids = torch.arange(draft_vocab) * 3
+    t2d = torch.zeros(vocab, dtype=torch.bool)
+    t2d[target_ids] = True
+    return target_ids - torch.arange(draft_vocab), t2d
+
+
+def make_checkpoint(target_dir: Path, out: Path) -> Path:
+    """What the trainer writes: Eagle3Draft.save_pretrained of a draft for the tiny target."""
+    from transformers import AutoConfig
+
+    cfg = Eagle3Config.from_target_config(AutoConfig.from_pretrained(target_dir), draft_vocab_size=DRAFT_VOCAB,
+                                          aux_layer_ids=AUX)
+    draft = Eagle3Draft(cfg)
+    draft.set_vocab_mapping(*_vocab_mapping(cfg.vocab_size, DRAFT_VOCAB))
+    return draft.save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_llama_dir, tmp_path_factory) -> Path:
+    return make_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tiny_llama_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("served")
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir))
+    return out
+
+
+def test_trainer_checkpoint_passes_the_validator(checkpoint, tiny_llama_dir):
+    report = check_folder(checkpoint, load_target_config(tiny_llama_dir))
+    assert report.ok, report.errors
+    assert report.d2t_summary == {"draft_vocab_size": DRAFT_VOCAB, "target_id_min": 0,
+                                  "target_id_max": 3 * (DRAFT_VOCAB - 1), "identity": False}
+
+
+def test_export_round_trip(checkpoint, exported, tiny_llama_dir):
+    config = json.loads((exported / "config.json").read_text())
+    target = json.loads((tiny_llama_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"]
+    assert config["tie_word_embeddings"] is False
+    assert config["vocab_size"] == target["vocab_size"] and config["draft_vocab_size"] == DRAFT_VOCAB
+    assert config["rope_theta"] == 100000.0 and config["rope_scaling"] is None
+    # vLLM reads HF indices as is; SGLang captures at id + 1
+    assert config["eagle_aux_hidden_state_layer_ids"] == AUX
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0, 1, 2]
+    before, after = load_file(str(checkpoint / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert set(after) == set(before) and "embed_tokens.weight" not in after
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert after["d2t"].dtype == torch.int64 and after["t2d"].dtype == torch.bool
+    reloaded = Eagle3Draft.from_pretrained(exported)
+    assert reloaded.config.aux_layer_ids == AUX
+    assert torch.equal(reloaded.draft_to_target, torch.arange(DRAFT_VOCAB) * 3)
+
+
+def test_export_cli_casts_and_inspect_says_it_loads(checkpoint, tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert cli.run_command("export", [str(checkpoint), "--output", str(out), "--dtype", "bfloat16",
+                                      "--target-model-path", str(tiny_llama_dir)]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights["fc.weight"].dtype == torch.bfloat16 and weights["d2t"].dtype == torch.int64
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert cli.run_command("inspect", [str(out), "--target-model-path", str(tiny_llama_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "aux layers, vLLM (as is)     [1, 2, 3]" in text
+    assert "aux layers, SGLang (id + 1)  [0, 1, 2]" in text
+    assert "loads in SGLang (EAGLE3) and vLLM (eagle3): yes" in text
+
+
+def test_export_includes_target_embeddings_on_request(checkpoint, tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "with_embed"
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir,
+                                   include_embeddings=True))
+    embed = load_file(str(out / "model.safetensors"))["embed_tokens.weight"]
+    target = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert torch.equal(embed, target.get_input_embeddings().weight.detach())
+    assert check_folder(out, target.config).ok
+
+
+def _corrupt_config(edit):
+    def apply(folder: Path) -> None:
+        path = folder / "config.json"
+        cfg = json.loads(path.read_text())
+        edit(cfg)
+        path.write_text(json.dumps(cfg))
+    return apply
+
+
+def _corrupt_weights(edit):
+    def apply(folder: Path) -> None:
+        path = folder / "model.safetensors"
+        tensors = load_file(str(path))
+        edit(tensors)
+        save_file(tensors, str(path))
+    return apply
+
+
+def _set(key, value):
+    def edit(cfg):
+        cfg[key] = value
+    return edit
+
+
+def _sglang_ids(ids):
+    def edit(cfg):
+        cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = ids
+    return edit
+
+
+def _duplicate_d2t(t):
+    d2t = t["d2t"].clone()
+    d2t[1] = d2t[0] - 1          # draft ids 0 and 1 both map to target id 0
+    t["d2t"] = d2t
+
+
+CORRUPTIONS = {
+    "missing d2t": (_corrupt_weights(lambda t: t.pop("d2t")), "missing tensor 'd2t'"),
+    "missing midlayer tensor": (_corrupt_weights(lambda t: t.pop("midlayer.hidden_norm.weight")),
+                                "missing tensor 'midlayer.hidden_norm.weight'"),
+    "wrong fc shape": (_corrupt_weights(lambda t: t.update({"fc.weight": t["fc.weight"][:, :-1].contiguous()})),
+                       "'fc.weight' has shape"),
+    "wrong lm_head rows": (_corrupt_weights(lambda t: t.update({"lm_head.weight": t["lm_head.weight"][:-1].contiguous()})),
+                           "'lm_head.weight' has shape"),
+    "d2t int32": (_corrupt_weights(lambda t: t.update({"d2t": t["d2t"].int()})), "expected int64"),
+    "d2t duplicates": (_corrupt_weights(_duplicate_d2t), "draft ids onto target ids already used"),
+    "d2t out of vocab": (_corrupt_weights(lambda t: t.update({"d2t": t["d2t"] + 10 ** 6})),
+                         "outside the target vocab"),
+    "t2d disagrees": (_corrupt_weights(lambda t: t.update({"t2d": ~t["t2d"]})), "'t2d' does not mark"),
+    "unknown tensor": (_corrupt_weights(lambda t: t.update({"midlayer.self_attn.q_proj.bias": torch.zeros(64)})),
+                       "unknown tensor 'midlayer.self_attn.q_proj.bias'"),
+    "NaN weight": (_corrupt_weights(lambda t: t["norm.weight"].__setitem__(0, float("nan"))), "NaN"),
+    "tied embeddings": (_corrupt_config(_set("tie_word_embeddings", True)), "tie_word_embeddings must be false"),
+    "tied by default": (_corrupt_config(lambda c: c.pop("tie_word_embeddings")), "tie_word_embeddings must be false"),
+    "wrong architecture": (_corrupt_config(_set("architectures", ["LlamaForCausalLM"])), "architectures"),
+    "no top-level rope": (_corrupt_config(lambda c: c.pop("rope_theta")), "missing 'rope_theta'"),
+    "rope_theta differs from target": (_corrupt_config(_set("rope_theta", 10000.0)), "!= target rope_theta"),
+    "SGLang ids not off by one": (_corrupt_config(_sglang_ids([1, 2, 3])), "SGLang ids [1, 2, 3] + 1 != vLLM ids"),
+    "missing SGLang ids": (_corrupt_config(lambda c: c.pop("eagle_config")), "eagle_config"),
+    "layer ids out of range": (_corrupt_config(lambda c: (c.update(eagle_aux_hidden_state_layer_ids=[1, 2, 4]),
+                                                          _sglang_ids([0, 1, 3])(c))), "out of range"),
+    "duplicate layer ids": (_corrupt_config(lambda c: (c.update(eagle_aux_hidden_state_layer_ids=[2, 2, 1]),
+                                                       _sglang_ids([1, 1, 0])(c))), "distinct increasing"),
+    "vocab differs from target": (_corrupt_config(_set("vocab_size", 1000)), "vocab_size 1000 != target"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_validator_rejects_corruption(name, exported, tiny_llama_dir, tmp_path, capsys):
+    import shutil
+
+    corrupt, message = CORRUPTIONS[name]
+    folder = tmp_path / "bad"
+    shutil.copytree(exported, folder)
+    corrupt(folder)
+    report = check_folder(folder, load_target_config(tiny_llama_dir))
+    assert not report.ok
+    assert any(message in e for e in report.errors), report.errors
+    with pytest.raises(InputError, match="will not load correctly"):
+        report.raise_if_invalid()
+    assert cli.run_command("inspect", [str(folder), "--target-model-path", str(tiny_llama_dir)]) == 1
+    assert "loads in SGLang (EAGLE3) and vLLM (eagle3): NO" in capsys.readouterr().out
+
+
+def test_export_refuses_a_corrupt_checkpoint(checkpoint, tiny_llama_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)
+    _corrupt_weights(lambda t: t.pop("midlayer.mlp.up_proj.weight"))(folder)
+    out = tmp_path / "out"
+    assert cli.run_command("export", [str(folder), "--output", str(out),
+                                      "--target-model-path", str(tiny_llama_dir)]) == 2
+    assert not (out / "model.safetensors").exists()
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(InputError, match="never unpickles"):
+        check_folder(tmp_path)
+
+
+def test_rope_scaling_must_match_the_target():
+    cfg = Eagle3Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=16, vocab_size=1000, draft_vocab_size=100, target_hidden_size=64,
+                       aux_layer_ids=[2, 16, 29], target_num_hidden_layers=32, rope_theta=500000.0,
+                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    served = cfg.to_config_dict()
+    target = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 32, "rope_theta": 500000.0,
+              "rope_scaling": dict(cfg.rope_scaling)}
+    assert check_config(served, target)[0] == []
+    target["rope_scaling"] = None
+    errors = check_config(served, target)[0]
+    assert len(errors) == 1 and "rope_scaling" in errors[0]
