@@ -1,0 +1,117 @@
+"""The `train` stage: flags (or a YAML file with the same keys) -> `TrainConfig` -> `train`.
+
+`--config run.yaml` holds any of the flags by name (`learning-rate: 1e-4` or
+`learning_rate: 1e-4`); flags given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from draftsmith.errors import InputError
+from draftsmith.train.trainer import TrainConfig, train
+
+_DEFAULTS = TrainConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Only flags given on the command line land in the namespace, so they can override the
+    # YAML file, which overrides TrainConfig's defaults.
+    p.argument_default = argparse.SUPPRESS
+    p.epilog = "defaults: " + ", ".join(f"--{f.name.replace('_', '-')}={getattr(_DEFAULTS, f.name)}"
+                                        for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+    p.add_argument("--config", help="YAML file with any of these flags as keys")
+    p.add_argument("--mode", choices=["online", "offline"],
+                   help="online: the target runs in the loop; offline: read a feature store")
+    g = p.add_argument_group("data")
+    g.add_argument("--target-model-path",
+                   help="HF folder or hub name of the target (offline: for its embeddings / lm_head; "
+                        "default: the store's model)")
+    g.add_argument("--train-data-path",
+                   help="conversations JSONL, pre-formatted JSONL (--is-preformatted) or a tokenized folder")
+    g.add_argument("--eval-data-path")
+    g.add_argument("--train-hidden-states-path", help="offline: feature store")
+    g.add_argument("--eval-hidden-states-path")
+    g.add_argument("--is-preformatted", action="store_true")
+    g.add_argument("--chat-template", help="template name, or 'hf' (the tokenizer's)")
+    g.add_argument("--max-length", type=int)
+    m = p.add_argument_group("draft")
+    m.add_argument("--draft-vocab-size", type=int)
+    m.add_argument("--draft-model-config",
+                   help="JSON file overriding fields of the draft config derived from the target")
+    m.add_argument("--ttt-length", type=int)
+    m.add_argument("--loss-decay", type=float, help="weight of step k is decay**k")
+    m.add_argument("--attention", choices=["auto", "sdpa", "flex"],
+                   help="auto: flex attention on CUDA, SDPA with an explicit mask elsewhere")
+    o = p.add_argument_group("optimization")
+    o.add_argument("--num-epochs", type=int)
+    o.add_argument("--max-steps", type=int,
+                   help="stop after this many optimizer steps (the lr schedule still spans --num-epochs)")
+    o.add_argument("--batch-size", type=int, help="per data-parallel rank")
+    o.add_argument("--gradient-accumulation-steps", type=int)
+    o.add_argument("--learning-rate", type=float)
+    o.add_argument("--warmup-ratio", type=float)
+    o.add_argument("--max-grad-norm", type=float)
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--seed", type=int)
+    r = p.add_argument_group("run")
+    r.add_argument("--output-dir")
+    r.add_argument("--save-interval", type=int)
+    r.add_argument("--eval-interval", type=int)
+    r.add_argument("--log-interval", type=int)
+    r.add_argument("--resume", nargs="?", const="latest",
+                   help="continue from the latest checkpoint in --output-dir (or the given folder)")
+    r.add_argument("--tp-size", type=int, help="online: tensor-parallel size of the target")
+    r.add_argument("--parallel", choices=["ddp", "fsdp"],
+                   help="how the draft is replicated under torchrun (fsdp = FSDP2 fully_shard)")
+    r.add_argument("--dtype", help="target dtype (bfloat16, float32, ...)")
+    r.add_argument("--device", help="default: this rank's CUDA device, else cpu")
+    r.add_argument("--report-to", choices=["none", "tensorboard", "wandb"])
+    r.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the target's own modeling code (opt-in)")
+    r.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path, field="--config") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise InputError(f"invalid YAML: {e}", path=path, line=None if line is None else line + 1) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of flag names to values", path=path)
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise InputError("unknown training option", path=path, field=str(key))
+        out[name] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults <- the --config YAML <- flags given on the command line."""
+    given = vars(args).copy()
+    values = _read_yaml(Path(given.pop("config"))) if given.get("config") else {}
+    given.pop("config", None)
+    values.update(given)
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = train(cfg)
+    if result.get("eval") is not None:
+        ev = result["eval"]
+        print(f"eval: tau {ev['tau']:.3f}, acc_k {[round(a, 3) for a in ev['acc_k']]}", file=sys.stderr)
+    print(json.dumps({"final": result["final"], "global_step": result["global_step"]}))
+    return 0

@@ -1,0 +1,206 @@
+"""Feature sources: where a training batch's target features come from.
+
+`OfflineSource` reads a feature store ✱; `OnlineSource` runs the target backend on
+tokenized rows inside the loop. Both turn a list of sample indices into the same
+right-padded batch dict, so the trainer never knows which one it holds:
+
+    input_ids, loss_mask, attention_mask   [B, T] int64
+    aux_hidden_states                      [B, T, 3·Ht]
+    hidden_state [B, T, Ht]  |  target_topk_ids, target_topk_logits [B, T, K]
+
+The target's embeddings (the draft's frozen input table) and lm_head (the hidden-state
+signal's projection) come from the live target online, and offline from the target's
+checkpoint files alone (`load_target_weights`), without building the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from draftsmith.errors import DraftsmithError, InputError
+
+
+def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad token-aligned tensors of several samples to the longest one."""
+    length = max(int(it["input_ids"].shape[0]) for it in items)
+    out: dict[str, torch.Tensor] = {}
+    names = [n for n in items[0] if isinstance(items[0][n], torch.Tensor)]
+    for name in names:
+        first = items[0][name]
+        fill = float("-inf") if name == "target_topk_logits" else 0
+        full = torch.full((len(items), length, *first.shape[1:]), fill, dtype=first.dtype)
+        for row, it in enumerate(items):
+            full[row, : it[name].shape[0]] = it[name]
+        out[name] = full
+    mask = torch.zeros(len(items), length, dtype=torch.long)
+    for row, it in enumerate(items):
+        mask[row, : it["input_ids"].shape[0]] = 1
+    out["attention_mask"] = mask
+    return out
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class OfflineSource:
+    """Batches from a feature store (decoded on read)."""
+
+    def __init__(self, store, max_length: int | None = None):
+        self.store = store
+        self.max_length = max_length
+        self.signal = "hidden" if store.manifest.get("topk") in (None, 0) else "topk"
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [min(n, self.max_length or n) for n in self.store.lengths]
+
+    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        items = []
+        for i in indices:
+            item = {k: v for k, v in self.store[i].items() if isinstance(v, torch.Tensor)}
+            if self.max_length:
+                item = {k: v[: self.max_length] for k, v in item.items()}
+            items.append(item)
+        return to_device(pad_batch(items), device)
+
+
+class OnlineSource:
+    """Batches from tokenized rows, with the target run on each batch."""
+
+    signal = "hidden"
+
+    def __init__(self, dataset, target, max_length: int | None = None):
+        self.dataset = dataset
+        self.target = target
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [min(len(ids), self.max_length or len(ids)) for ids in self.dataset["input_ids"]]
+
+    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        rows = self.dataset.select(indices)
+        items = []
+        for ids, mask in zip(rows["input_ids"], rows["loss_mask"]):
+            ids, mask = ids[: self.max_length or len(ids)], mask[: self.max_length or len(mask)]
+            items.append({"input_ids": torch.tensor(ids, dtype=torch.long),
+                          "loss_mask": torch.tensor(mask, dtype=torch.long)})
+        batch = pad_batch(items)
+        feats = self.target.features(batch["input_ids"], batch["attention_mask"])
+        batch = to_device(batch, device)
+        batch["aux_hidden_states"] = feats["aux_hidden_states"].to(device)
+        batch["hidden_state"] = feats["hidden_state"].to(device)
+        return batch
+
+
+# ----- data and weights behind the sources -------------------------------------------------------
+
+def is_tokenized_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def load_tokenized(data_path: str, *, tokenizer: str | None, chat_template: str | None, max_length: int,
+                   is_preformatted: bool, flag: str = "--train-data-path"):
+    """(dataset, folder): an existing tokenized dataset ✱, or conversations / pre-formatted JSONL
+    tokenized by build-dataset (cached by its inputs)."""
+    from datasets import load_from_disk
+
+    path = Path(data_path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path, field=flag)
+    if not is_tokenized_folder(path):
+        from draftsmith.data.build import BuildConfig, build_dataset
+
+        if tokenizer is None:
+            raise DraftsmithError(f"{flag} {path} needs tokenizing: give --target-model-path (its tokenizer)")
+        result = build_dataset(BuildConfig(data_path=str(path), tokenizer=tokenizer,
+                                           chat_template=chat_template or "hf", max_length=max_length,
+                                           is_preformatted=is_preformatted, output=None))
+        path = Path(result.path)
+    ds = load_from_disk(str(path))
+    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        if "train" not in ds:
+            raise InputError(f"dataset folder has splits {list(ds)} and no 'train'", path=path)
+        ds = ds["train"]
+    for column in ("input_ids", "loss_mask"):
+        if column not in ds.column_names:
+            raise InputError("tokenized dataset lacks a column", path=path, field=column)
+    return ds, path
+
+
+@dataclass
+class TargetWeights:
+    embed: torch.Tensor      # [V, Ht], the draft's frozen input embeddings
+    lm_head: torch.Tensor    # [V, Ht]
+
+
+def load_target_weights(model_path: str, dtype: torch.dtype) -> TargetWeights:
+    """The target's input embeddings and lm_head read from its safetensors files only (tied
+    heads reuse the embeddings); other checkpoint formats load the model once."""
+    from transformers import AutoConfig
+
+    root = Path(model_path)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            root = Path(snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as e:  # the hub raises many types; the message names the model
+            raise DraftsmithError(f"cannot fetch target model {model_path}: {e}") from e
+    config = AutoConfig.from_pretrained(str(root))
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    tied = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    files = _safetensors_files(root)
+    embed = _find_tensor(files, "embed_tokens.weight")
+    head = embed if tied else _find_tensor(files, "lm_head.weight")
+    if embed is None or head is None:
+        from draftsmith.target.hf import load_target
+
+        target = load_target(str(root), dtype=dtype, device="cpu")
+        embed = target.embed_tokens.weight.detach()
+        head = target.lm_head_weight.detach()
+        target.close()
+    return TargetWeights(embed=embed.to(dtype), lm_head=head.to(dtype))
+
+
+def _safetensors_files(root: Path) -> dict[str, Path]:
+    """tensor name -> file, from model.safetensors(.index.json)."""
+    index = root / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {name: root / file for name, file in weight_map.items()}
+    from safetensors import safe_open
+
+    out = {}
+    for file in sorted(root.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            out.update({name: file for name in f.keys()})
+    return out
+
+
+def _find_tensor(files: dict[str, Path], suffix: str) -> torch.Tensor | None:
+    """The tensor named `suffix` (any prefix: model., model.language_model., ...), outside vision towers."""
+    from safetensors import safe_open
+
+    names = sorted((n for n in files if n.endswith(suffix) and "vision" not in n and "mtp" not in n), key=len)
+    if not names:
+        return None
+    with safe_open(str(files[names[0]]), framework="pt") as f:
+        return f.get_tensor(names[0])
+
+
+def draft_vocab_digest(draft_to_target: torch.Tensor) -> str:
+    """The digest the feature store records for its top-K draft vocabulary."""
+    return hashlib.sha256(draft_to_target.long().cpu().numpy().tobytes()).hexdigest()

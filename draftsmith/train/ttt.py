@@ -1,0 +1,181 @@
+"""Training-time test (TTT): unroll the draft `length` steps exactly as a server drafts.
+
+Alignment, per batch row p (a target position) and step k, matching SGLang at serving
+time:
+- draft extend (`EagleDraftInput.prepare_for_extend`, python/sglang/srt/speculative/
+  eagle_info.py) shifts input_ids left by one and keeps the positions: row p gets the
+  target's fused hidden at p, the embedding of token p+1 and rope position p;
+- draft decode (`EAGLEWorker.draft_forward`, python/sglang/srt/speculative/
+  eagle_worker.py) feeds the draft's own pre-norm output back as the hidden, the next
+  token as input and does `forward_batch.positions.add_(1)` per step, attending to the
+  extend keys and to its own earlier steps.
+So step k at row p: hidden = fc(aux[p]) (k = 0) or the step k-1 output at p; token
+p+1+k; rope position p+k; keys = step-0 keys of rows 0..p plus steps 1..k of row p.
+It predicts token p+2+k, whose target distribution is the target's output at position
+q = p+1+k, and the mask is loss_mask[p+2+k] — the mask of the token being predicted.
+Every supervised token t >= 2 is thus a step-0 target (row t-2); tokens 0 and 1 have no
+draft context (token 1 is the target's own first prediction at serving time).
+
+The target rows needed are the same at every step: positions q with loss_mask[q+1] = 1
+(the feature store's top-K rows). They are computed once per batch, over the draft
+vocabulary only; the draft's logits are computed per step for supervised rows only,
+inside activation checkpointing, so full-vocab fp32 logits never exist for all steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from draftsmith.draft.model import Eagle3Draft
+
+
+@dataclass
+class TTTResult:
+    loss: torch.Tensor                    # Σ_k decay^k loss_k, differentiable
+    loss_sum: list[float] = field(default_factory=list)  # per step Σ CE over supervised rows
+    correct: list[int] = field(default_factory=list)     # per step argmax matches
+    count: list[int] = field(default_factory=list)       # per step supervised rows
+
+
+def target_rows(loss_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, T]: positions q whose next token q+1 is supervised (where the target's
+    distribution is needed). Row T-1 never qualifies."""
+    sup = (loss_mask.bool() & attention_mask.bool())
+    rows = torch.zeros_like(sup)
+    rows[:, :-1] = sup[:, 1:]
+    return rows
+
+
+def step_inputs(input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, rope positions) fed at step k: token p+1+k (0 past the end), position p+k."""
+    b, t = input_ids.shape
+    tokens = torch.zeros_like(input_ids)
+    if 1 + k < t:
+        tokens[:, : t - 1 - k] = input_ids[:, 1 + k:]
+    positions = torch.arange(k, t + k, device=input_ids.device).expand(b, t)
+    return tokens, positions
+
+
+def ttt_mask(t: int, k: int, device: torch.device) -> torch.Tensor:
+    """bool [1, 1, t, t·(k+1)] for step k: keys are [step 0 | step 1 | ... | step k] blocks of
+    t rows each; row p sees step-0 rows <= p and, in later blocks, only its own row."""
+    rows = torch.arange(t, device=device)[:, None]
+    cols = torch.arange(t * (k + 1), device=device)[None, :]
+    block, col = cols // t, cols % t
+    return (((block == 0) & (col <= rows)) | ((block > 0) & (col == rows)))[None, None]
+
+
+def ttt_block_mask(t: int, k: int, device: torch.device):
+    """The same pattern as a flex-attention BlockMask (sparse: no t × t·(k+1) tensor)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        block, col = kv_idx // t, kv_idx % t
+        return ((block == 0) & (col <= q_idx)) | ((block > 0) & (col == q_idx))
+
+    return create_block_mask(mask_mod, None, None, t, t * (k + 1), device=device)
+
+
+def _soft_ce(draft: Eagle3Draft, out_rows: torch.Tensor, target_logp: torch.Tensor | None,
+             topk_ids: torch.Tensor | None, topk_logp: torch.Tensor | None,
+             target_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ soft CE, #argmax matches) for supervised rows; logits live only inside this call."""
+    logp = F.log_softmax(draft.logits(out_rows).float(), dim=-1)
+    if target_logp is not None:
+        ce = -(target_logp.exp() * logp).sum(-1)
+    else:
+        ce = -(topk_logp.exp() * logp.gather(-1, topk_ids)).sum(-1)
+    correct = (logp.detach().argmax(-1) == target_argmax).sum()
+    return ce.sum(), correct
+
+
+def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
+                target_head: torch.Tensor | None = None, attention: str = "sdpa",
+                checkpoint_logits: bool = True) -> TTTResult:
+    """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
+
+    batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
+    either hidden_state [B, T, Ht] (with `target_head` = the target lm_head rows of the draft
+    vocab, [Vd, Ht]) or target_topk_ids / target_topk_logits [B, T, K] (draft-vocab ids).
+    attention: "sdpa" (explicit bool mask) or "flex" (BlockMask; memory-efficient on CUDA).
+    """
+    input_ids = batch["input_ids"]
+    b, t = input_ids.shape
+    device = input_ids.device
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    rows = target_rows(batch["loss_mask"], attention_mask)          # [B, T] at target positions q
+    qb, qq = rows.nonzero(as_tuple=True)                              # sorted by (b, q)
+
+    with torch.no_grad():
+        target_logp = topk_ids = topk_logp = None
+        if "target_topk_ids" in batch:
+            topk_ids = batch["target_topk_ids"][qb, qq].long()
+            topk_logp = F.log_softmax(batch["target_topk_logits"][qb, qq].float(), dim=-1)
+            target_argmax = topk_ids.gather(-1, topk_logp.argmax(-1, keepdim=True)).squeeze(-1)
+        else:
+            if target_head is None:
+                raise ValueError("a hidden_state batch needs target_head (target lm_head rows of the draft vocab)")
+            hs = batch["hidden_state"][qb, qq]
+            target_logits = hs.to(target_head.dtype) @ target_head.T
+            target_logp = F.log_softmax(target_logits.float(), dim=-1)
+            target_argmax = target_logp.argmax(-1)
+
+    hidden = draft.project(batch["aux_hidden_states"])
+    past_k = past_v = None
+    total = hidden.new_zeros((), dtype=torch.float32)
+    result = TTTResult(loss=total)
+    for k in range(length):
+        tokens, positions = step_inputs(input_ids, k)
+        if k == 0:
+            mask = None                                                 # plain causal
+        elif attention == "flex":
+            mask = ttt_block_mask(t, k, device)
+        else:
+            mask = ttt_mask(t, k, device)
+        past = None if past_k is None else (past_k, past_v)
+        out, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=past)
+        past_k = key if past_k is None else torch.cat([past_k, key], dim=2)
+        past_v = value if past_v is None else torch.cat([past_v, value], dim=2)
+
+        keep = qq >= k + 1                                              # row p = q-1-k must exist
+        sel_b, sel_p = qb[keep], qq[keep] - 1 - k
+        n = int(keep.sum())
+        if n:
+            args = (draft, out[sel_b, sel_p],
+                    None if target_logp is None else target_logp[keep],
+                    None if topk_ids is None else topk_ids[keep],
+                    None if topk_logp is None else topk_logp[keep],
+                    target_argmax[keep])
+            if checkpoint_logits and torch.is_grad_enabled():
+                ce_sum, correct = checkpoint(_soft_ce, *args, use_reentrant=False)
+            else:
+                ce_sum, correct = _soft_ce(*args)
+            total = total + (decay ** k) * ce_sum / n
+            result.loss_sum.append(float(ce_sum.detach()))
+            result.correct.append(int(correct))
+        else:
+            total = total + 0.0 * out.sum()   # keep every parameter in the graph (DDP)
+            result.loss_sum.append(0.0)
+            result.correct.append(0)
+        result.count.append(n)
+        hidden = out
+    result.loss = total
+    return result
+
+
+def summarize(loss_sum: list[float], correct: list[int], count: list[int]) -> dict[str, object]:
+    """Per-step mean loss and accuracy, and the simulated acceptance length
+    τ = 1 + Σ_k Π_{i<=k} acc_i (a chain of drafts accepted while each step is right)."""
+    loss_k = [s / c if c else 0.0 for s, c in zip(loss_sum, count)]
+    acc_k = [r / c if c else 0.0 for r, c in zip(correct, count)]
+    tau, run = 1.0, 1.0
+    for a in acc_k:
+        run *= a
+        tau += run
+    return {"loss_k": loss_k, "acc_k": acc_k, "tau": tau}
