@@ -448,6 +448,7 @@ class JinjaTemplate:
         self.source = source
         self._compiled = _compile_jinja_template(source)
         self._has_generation = bool(_GENERATION_TAG.search(source))
+        self._markers: ChatTemplate | None = None
         self._variants = [{}] + ([{"enable_thinking": False}, {"enable_thinking": True}]
                                  if "enable_thinking" in source else [])
         self._variables = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
@@ -513,6 +514,10 @@ class JinjaTemplate:
                 end = len(text)
             if end <= start or (spans and start < spans[-1][1]):
                 raise TemplateError("cannot find where an assistant reply ends in the rendered text")
+            for call in messages[i].get("tool_calls") or []:
+                fn = call.get("function", call) if isinstance(call, dict) else {}
+                if str(fn.get("name", "")) not in text[start:end]:
+                    raise TemplateError("chat template does not render tool calls")
             spans.append((start, end))
         return Rendered(text, tuple(spans))
 
@@ -540,7 +545,9 @@ class JinjaTemplate:
 
     def parse(self, text: str) -> Rendered:
         """Pre-formatted text with the tokenizer's template: markers read off a probe render."""
-        return self.as_markers().parse(text)
+        if self._markers is None:
+            self._markers = self.as_markers()
+        return self._markers.parse(text)
 
     def as_markers(self) -> ChatTemplate:
         """A marker-only ChatTemplate (assistant header, end-of-turn) derived from this template."""
@@ -552,8 +559,11 @@ class JinjaTemplate:
             raise DraftsmithError("cannot derive the assistant header from the tokenizer's chat template; "
                                   "name a template with --chat-template")
         eot = next(iter(self._probe_end_of_turn()), None) or next(iter(self.stop_markers), "")
+        extras = [p[len(prompt):] for p in (self.render_text(user, add_generation_prompt=True, **v)
+                                            for v in self._variants[1:]) if p.startswith(prompt) and len(p) > len(prompt)]
+        think = Think(open="", close="", scope="all", empty=extras[0]) if extras else None
         return ChatTemplate(name=HF, description="markers of the tokenizer's chat template",
-                            user=("", ""), assistant=(header, eot))
+                            user=("", ""), assistant=(header, eot), think=think)
 
 
 def _aliased(messages: Sequence[dict]) -> list[dict]:
