@@ -25,12 +25,14 @@ from typing import Callable
 
 from draftsmith import resources
 from draftsmith.errors import DraftsmithError
-from draftsmith.fsutil import write_json_atomic, write_text_atomic
+from draftsmith.fsutil import atomic_path, write_json_atomic, write_text_atomic
 
 STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
 # Small shards so an interrupted hidden-states stage loses at most about a minute of work.
 FEATURE_SHARD_MB = 16
+# Training checkpoints (step_N/) every this many steps: a few minutes of CPU work at most.
+TRAIN_SAVE_INTERVAL = 200
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class DemoConfig:
     max_length: int = 1024
     chat_template: str = "hf"
     codec: str | None = None  # None: the hidden-states stage's compact default
+    aux_layers: str | None = None  # "i,j,k" HF hidden-state indices; None: the stage's default [2, L//2, L-3]
     draft_vocab_size: int = 8192
     ttt_length: int = 5
     epochs: int = 3
@@ -133,12 +136,14 @@ def stage_build_dataset(ctx: StageContext) -> dict:
     call_stage("build-dataset", ["--data-path", ctx.results["prepare-data"]["train_jsonl"],
                                  "--tokenizer", _model_path(ctx), "--chat-template", cfg.chat_template,
                                  "--max-length", str(cfg.max_length), "--output", str(out)])
-    import datasets
+    from draftsmith.data.build import read_manifest
 
-    ds = datasets.load_from_disk(str(out))
-    tokens = sum(len(x) for x in ds["input_ids"])
-    supervised = sum(sum(m) for m in ds["loss_mask"])
-    return {"dataset": str(out), "rows": len(ds), "tokens": tokens, "supervised_tokens": supervised}
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise StageFailed(f"build-dataset left no manifest in {out}")
+    report = manifest["report"]
+    return {"dataset": str(out), "rows": report["rows_out"], "skipped": report["skipped"],
+            "tokens": report["tokens"], "supervised_tokens": report["supervised_tokens"]}
 
 
 def stage_hidden_states(ctx: StageContext) -> dict:
@@ -149,6 +154,8 @@ def stage_hidden_states(ctx: StageContext) -> dict:
             "--device", cfg.device, "--output-path", str(out)]
     if cfg.codec:
         argv += ["--codec", cfg.codec]
+    if cfg.aux_layers:
+        argv += ["--aux-layers", cfg.aux_layers]
     call_stage("hidden-states", argv)
     from draftsmith.features import FeatureStore
 
@@ -162,13 +169,13 @@ def stage_train(ctx: StageContext) -> dict:
     argv = ["--mode", "offline", "--target-model-path", _model_path(ctx),
             "--train-data-path", ctx.results["build-dataset"]["dataset"],
             "--train-hidden-states-path", ctx.results["hidden-states"]["features"],
-            "--chat-template", cfg.chat_template, "--max-length", str(cfg.max_length),
-            "--draft-vocab-size", str(cfg.draft_vocab_size), "--ttt-length", str(cfg.ttt_length),
-            "--num-epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-            "--learning-rate", repr(cfg.learning_rate), "--seed", str(cfg.seed),
-            "--report-to", "none", "--output-dir", str(out)]
-    if ctx.resuming and out.exists():
-        argv.append("--resume")
+            "--max-length", str(cfg.max_length), "--draft-vocab-size", str(cfg.draft_vocab_size),
+            "--ttt-length", str(cfg.ttt_length), "--num-epochs", str(cfg.epochs),
+            "--batch-size", str(cfg.batch_size), "--learning-rate", repr(cfg.learning_rate),
+            "--seed", str(cfg.seed), "--save-interval", str(TRAIN_SAVE_INTERVAL), "--report-to", "none",
+            "--device", cfg.device, "--output-dir", str(out)]
+    if ctx.resuming:
+        argv.append("--resume")  # the latest step_N/ checkpoint, or a fresh start when there is none
     call_stage("train", argv)
     metrics = _read_jsonl(out / "metrics.jsonl")
     return {"output_dir": str(out), "checkpoint": str(out / "final"), "metrics": str(out / "metrics.jsonl"),
@@ -177,7 +184,8 @@ def stage_train(ctx: StageContext) -> dict:
 
 def stage_export(ctx: StageContext) -> dict:
     out = ctx.run_dir / "draft"
-    call_stage("export", [ctx.results["train"]["checkpoint"], "--output", str(out)])
+    call_stage("export", [ctx.results["train"]["checkpoint"], "--output", str(out),
+                          "--target-model-path", _model_path(ctx)])
     return {"draft": str(out)}
 
 
@@ -187,6 +195,7 @@ def stage_eval(ctx: StageContext) -> dict:
     call_stage("eval", ["--target-model-path", _model_path(ctx), "--draft-model-path", ctx.results["export"]["draft"],
                         "--benchmark", "mtbench", "--num-steps", str(cfg.num_steps),
                         "--max-new-tokens", str(cfg.max_new_tokens), "--limit", str(cfg.eval_questions),
+                        "--metrics", ctx.results["train"]["metrics"], "--device", cfg.device,
                         "--output", str(report)])
     return {"report": str(report)}
 
@@ -199,7 +208,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 _DATA = ("num_conversations", "seed")
 _TOKENS = _DATA + ("target_model_path", "chat_template", "max_length")
-_FEATURES = _TOKENS + ("codec", "hidden_states_batch_size")
+_FEATURES = _TOKENS + ("codec", "aux_layers", "hidden_states_batch_size")
 _DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "epochs", "batch_size", "learning_rate")
 _EVAL = _DRAFT + ("num_steps", "eval_questions", "max_new_tokens")
 
@@ -303,8 +312,9 @@ class DemoSummary:
     supervised_tokens: int
     num_steps: int
     eval_questions: int
+    eval_turns: int
     tau: float | None
-    per_position_acceptance: list[float]
+    accept_rate: list[float | None]
     spec_tokens_per_s: float | None
     plain_tokens_per_s: float | None
     speedup: float | None
@@ -312,7 +322,9 @@ class DemoSummary:
     feature_bytes: int
     feature_codec: str
     feature_tokens: int
-    train_final: dict
+    train_steps: int
+    train_tau: float | None  # simulated tau, mean over the last tenth of the training steps
+    train_acc: list[float]   # per TTT step, the same window
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -320,49 +332,55 @@ class DemoSummary:
         return sum(self.stage_seconds.values())
 
 
-def _first(d: dict, *names: str):
-    for name in names:
-        if name in d and d[name] is not None:
-            return d[name]
-    return None
+def training_tail(rows: list[dict]) -> tuple[int, float | None, list[float]]:
+    """Steps, and the simulated tau and per-step accuracy averaged over the last tenth of the run."""
+    train = [r for r in rows if "split" not in r and "tau" in r]
+    if not train:
+        return 0, None, []
+    tail = train[-max(1, len(train) // 10):]
+    depth = min(len(r["acc_k"]) for r in tail)
+    acc = [sum(r["acc_k"][k] for r in tail) / len(tail) for k in range(depth)]
+    return int(train[-1]["step"]), sum(r["tau"] for r in tail) / len(tail), acc
+
+
+def mtbench_summary(report: dict, num_steps: int) -> dict:
+    """The MT-bench entry of an eval report.json for our K."""
+    for entry in report.get("benchmarks", []):
+        if entry.get("benchmark") == "mtbench" and entry.get("num_steps") == num_steps:
+            return entry
+    raise DraftsmithError(f"the eval report has no mtbench entry with K={num_steps}")
 
 
 def summarize(state: dict) -> DemoSummary:
-    records = state["stages"]
-    result = {name: rec.get("result", {}) for name, rec in records.items()}
-    report = json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8"))
-    bench = _eval_benchmark(report)
-    features = result["hidden-states"]
+    result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
     settings = state["settings"]
+    bench = mtbench_summary(json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8")),
+                            settings["num_steps"])
+    features = result["hidden-states"]
+    steps, train_tau, train_acc = training_tail(_read_jsonl(Path(result["train"]["metrics"])))
     return DemoSummary(
         model=Path(result["model"]["model_path"]).name,
-        conversations=int(result["prepare-data"]["summary"].get("train", 0)),
+        conversations=int(result["build-dataset"]["rows"]),
         tokens=int(result["build-dataset"]["tokens"]),
         supervised_tokens=int(result["build-dataset"]["supervised_tokens"]),
         num_steps=int(settings["num_steps"]),
-        eval_questions=int(settings["eval_questions"]),
-        tau=_first(bench, "tau", "acceptance_length", "avg_accept_length"),
-        per_position_acceptance=list(_first(bench, "per_position_acceptance", "acceptance_per_position") or []),
-        spec_tokens_per_s=_first(bench, "spec_tokens_per_s", "spec_tokens_per_second"),
-        plain_tokens_per_s=_first(bench, "plain_tokens_per_s", "plain_tokens_per_second"),
-        speedup=_first(bench, "speedup"),
-        lossless=_first(bench, "lossless"),
+        eval_questions=int(bench["prompts"]),
+        eval_turns=int(bench["turns"]),
+        tau=bench["tau"],
+        accept_rate=list(bench["accept_rate"]),
+        spec_tokens_per_s=bench["spec_tokens_per_s"],
+        plain_tokens_per_s=bench["plain_tokens_per_s"],
+        speedup=bench["speedup"],
+        lossless=bench["lossless"],
         feature_bytes=int(features["bytes"]),
         feature_codec=str(features["codec"]),
         feature_tokens=int(features["num_tokens"]),
-        train_final=result["train"].get("last_metrics", {}),
-        stage_seconds={name: float(rec["seconds"]) for name, rec in records.items() if rec.get("status") == "done"},
+        train_steps=steps,
+        train_tau=train_tau,
+        train_acc=train_acc,
+        stage_seconds={name: float(rec["seconds"]) for name, rec in state["stages"].items()
+                       if rec.get("status") == "done"},
     )
-
-
-def _eval_benchmark(report: dict) -> dict:
-    """The mtbench entry of the eval report (a report may hold several benchmarks)."""
-    benchmarks = report.get("benchmarks")
-    if isinstance(benchmarks, dict):
-        return benchmarks.get("mtbench") or next(iter(benchmarks.values()))
-    if isinstance(benchmarks, list) and benchmarks:
-        return next((b for b in benchmarks if b.get("benchmark") == "mtbench"), benchmarks[0])
-    return report
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -386,65 +404,83 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
 
 
 def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
-    acc = "  ".join(f"{i}:{a:.2f}" for i, a in enumerate(s.per_position_acceptance, 1)) or "n/a"
+    acc = "  ".join("n/a" if a is None else f"{a:.2f}" for a in s.accept_rate) or "n/a"
     per_token = s.feature_bytes / s.feature_tokens if s.feature_tokens else float("nan")
     rows = [
         (f"acceptance length tau (K={s.num_steps})", _fmt(s.tau, ".2f")),
-        ("per-position acceptance", acc),
-        ("speedup vs plain decoding", _fmt(s.speedup, ".2f", "x")
+        ("acceptance by draft position 1..K", acc),
+        ("speedup over plain decoding", _fmt(s.speedup, ".2f", "x")
          + f"  ({_fmt(s.spec_tokens_per_s, '.1f')} vs {_fmt(s.plain_tokens_per_s, '.1f')} tokens/s)"),
         ("lossless (same tokens as greedy)", "n/a" if s.lossless is None else ("yes" if s.lossless else "NO")),
         ("features on disk", f"{_fmt_bytes(s.feature_bytes)}  ({s.feature_tokens:,} tokens, "
                              f"{per_token:.0f} B/token, codec {s.feature_codec})"),
+        ("training", f"{s.train_steps} steps, simulated tau {_fmt(s.train_tau, '.2f')}, "
+                     "acc by TTT step " + " ".join(f"{a:.2f}" for a in s.train_acc)),
     ]
-    sim_tau = _first(s.train_final, "tau", "simulated_tau", "sim_tau")
-    if sim_tau is not None:
-        rows.append(("simulated tau at the end of training", f"{float(sim_tau):.2f}"))
     rows += [(f"time: {name}", _fmt_seconds(sec)) for name, sec in s.stage_seconds.items()]
     rows.append(("time: total", _fmt_seconds(s.total_seconds)))
     return rows
 
 
 def format_table(s: DemoSummary) -> str:
-    title = (f"draftsmith demo - {s.model}, {s.conversations} ShareGPT conversations "
-             f"({s.supervised_tokens:,} supervised tokens), MT-bench {s.eval_questions} questions")
+    title = (f"draftsmith demo: {s.model}, {s.conversations} ShareGPT conversations "
+             f"({s.supervised_tokens:,} supervised tokens), MT-bench {s.eval_questions} questions "
+             f"({s.eval_turns} turns)")
     rows = summary_rows(s)
     width = max(len(k) for k, _ in rows)
     return "\n".join([title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows])
 
 
-def format_markdown(s: DemoSummary, plots: list[str]) -> str:
-    lines = [f"# draftsmith demo report", "",
+def format_markdown(s: DemoSummary, plots: list[Path], settings: dict) -> str:
+    lines = ["# draftsmith demo report", "",
              f"Target `{s.model}`, {s.conversations} ShareGPT conversations ({s.tokens:,} tokens, "
              f"{s.supervised_tokens:,} supervised), evaluated by real speculative decoding on "
-             f"{s.eval_questions} MT-bench questions with K = {s.num_steps}.", "",
+             f"{s.eval_questions} MT-bench questions ({s.eval_turns} turns) with K = {s.num_steps}.", "",
              "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
-    lines += [""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    lines += ["", "Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
 def write_report(state: dict, run_dir: Path) -> tuple[DemoSummary, Path]:
-    """Write report/{demo_report.json, demo_report.md, *.png}; returns the summary and folder."""
+    """report/: demo_report.json, demo_report.md, acceptance_and_training.png, stage_times.png."""
+    from draftsmith.eval import report as eval_report
+
     summary = summarize(state)
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(state, folder)
-    payload = {"summary": asdict(summary), "settings": state["settings"],
-               "eval_report": state["stages"]["eval"]["result"]["report"], "plots": plots}
-    write_json_atomic(folder / "demo_report.json", payload)
-    write_text_atomic(folder / "demo_report.md", format_markdown(summary, plots))
+    result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
+    eval_json = json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8"))
+    plots = [folder / "acceptance_and_training.png", folder / "stage_times.png"]
+    eval_report.plot([mtbench_summary(eval_json, summary.num_steps)], plots[0],
+                     eval_report.read_metrics(result["train"]["metrics"]))
+    plot_stage_times(summary.stage_seconds, plots[1])
+    write_json_atomic(folder / "demo_report.json",
+                      {"summary": asdict(summary), "settings": state["settings"],
+                       "eval_report": result["eval"]["report"], "plots": [p.name for p in plots]})
+    write_text_atomic(folder / "demo_report.md", format_markdown(summary, plots, state["settings"]))
     return summary, folder
 
 
-def write_plots(state: dict, folder: Path) -> list[str]:
-    """The eval engineer's plots: per-position acceptance and the training curves."""
-    from draftsmith.eval import report as eval_report
+def plot_stage_times(stage_seconds: dict[str, float], path: Path) -> None:
+    import matplotlib
 
-    result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
-    eval_json = json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8"))
-    paths = eval_report.write_plots(eval_json, folder, metrics_path=Path(result["train"]["metrics"]))
-    return [str(p) for p in paths]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(stage_seconds)[::-1]
+    minutes = [stage_seconds[n] / 60 for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    ax.barh(names, minutes)
+    for y, m in enumerate(minutes):
+        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("minutes")
+    ax.set_title(f"time per stage (total {sum(minutes):.1f} min)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -496,6 +532,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--chat-template", default=None, help=f"template name, or hf (default {d.chat_template})")
     parser.add_argument("--codec", default=None, help="feature codec (default: the hidden-states stage's compact one)")
+    parser.add_argument("--aux-layers", default=None,
+                        help="target layers whose inputs feed the draft, e.g. 1,2,3 (default: 2,L//2,L-3)")
     parser.add_argument("--draft-vocab-size", type=int, default=None, help=f"default {d.draft_vocab_size}")
     parser.add_argument("--ttt-length", type=int, default=None, help=f"training-time test steps (default {d.ttt_length})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
