@@ -381,3 +381,16 @@ def test_bad_settings_are_errors(tmp_path):
         prepare(tmp_path, "custom", [])
     with pytest.raises(DraftsmithError, match="no such file"):
         prepare(tmp_path, "custom", [tmp_path / "missing.jsonl"])
+
+
+def test_a_failing_worker_stops_the_run_with_its_error(tmp_path, monkeypatch):
+    from draftsmith.data import presets
+
+    def broken(raw, ordinal):
+        raise ValueError("converter bug")
+
+    monkeypatch.setitem(presets.PRESETS, "broken", presets.Preset("broken", None, "train", broken))
+    path = write_jsonl(tmp_path / "a.jsonl", [GOOD] * 600)
+    with pytest.raises(RuntimeError, match="ValueError: converter bug"):
+        prepare(tmp_path, "broken", [path], num_proc=2)
+    assert not (tmp_path / "out" / "broken").exists() and list((tmp_path / "out").iterdir()) == []

@@ -25,10 +25,10 @@ import random
 import shutil
 import sys
 import tempfile
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -159,74 +159,95 @@ def _expand_paths(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _records(preset: Preset, files: list[Path]) -> Iterator[Record]:
+def _open_sources(preset: Preset, files: list[Path]) -> list[Callable[[], Iterator[Record]]]:
+    """One record-iterator factory per input; the hub dataset is loaded here, once, so that a
+    download failure surfaces before any work starts and forked workers share the cache."""
     if not files:
-        yield from hub_records(preset)
-    for path in files:
-        yield from iter_records(path)
+        records = hub_records(preset)
+        return [lambda: records]
+    return [lambda path=path: iter_records(path) for path in files]
 
 
 # ----------------------------------------------------------------- normalization (runs in workers)
+# One result per input row, in input order:
+#   ("ok", kind, id, UTF-8 JSON line, fixes)  or  ("skip", entry of the skipped file)
 
-def _normalize_batch(job: tuple[str, list[tuple[int, object]]]) -> list[tuple]:
-    """Normalize (ordinal, raw value) pairs; per row ("ok", kind, id, json line, fixes)
-    or ("skip", reason, field, id or None). Runs in worker processes: plain data in and out."""
-    preset_name, items = job
+def _process(record: Record, ordinal: int, to_row: Callable[[object, int], object]) -> tuple:
+    if record.error:
+        return ("skip", {"source": record.source, **record.position(), "reason": record.error,
+                         "detail": record.detail})
+    row = to_row(record.value, ordinal)
+    result = conversation.normalize_row(row)
+    if result.problem is None:
+        fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
+        return ("ok", result.kind, result.row["id"], json.dumps(result.row, ensure_ascii=False).encode(), fixes)
+    raw_id = row.get("id") if isinstance(row, dict) else None
+    entry = {"source": record.source, **record.position()}
+    if isinstance(raw_id, str) and raw_id.strip():
+        entry["id"] = raw_id
+    entry["reason"] = result.problem.reason
+    if result.problem.field:
+        entry["field"] = result.problem.field
+    return ("skip", entry)
+
+
+def _batch_results(preset_name: str, sources: list, worker: int = 0, num_workers: int = 1) -> Iterator[list[tuple]]:
+    """Read every input row; normalize batches b with b % num_workers == worker.
+
+    A row's ordinal is its position among all input rows (parsed or not), so positional
+    ids depend neither on batching nor on --num-proc.
+    """
     to_row = PRESETS[preset_name].to_row
-    out = []
-    for ordinal, value in items:
-        row = to_row(value, ordinal)
-        result = conversation.normalize_row(row)
-        if result.problem is None:
-            fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
-            out.append(("ok", result.kind, result.row["id"], json.dumps(result.row, ensure_ascii=False), fixes))
-        else:
-            raw_id = row.get("id") if isinstance(row, dict) else None
-            out.append(("skip", result.problem.reason, result.problem.field,
-                        raw_id if isinstance(raw_id, str) and raw_id.strip() else None))
-    return out
-
-
-def _batches(records: Iterator[Record], preset_name: str) -> Iterator[tuple[list[Record], tuple]]:
-    """Batches of records with their job; a row's ordinal is its position among all input rows,
-    so positional ids do not depend on batching or --num-proc."""
-    ordinal = 0
-    while True:
+    records = itertools.chain.from_iterable(open_records() for open_records in sources)
+    for b in itertools.count():
         batch = list(itertools.islice(records, BATCH_ROWS))
         if not batch:
             return
-        items = [(ordinal + i, r.value) for i, r in enumerate(batch) if r.error is None]
-        yield batch, (preset_name, items)
-        ordinal += len(batch)
+        if b % num_workers == worker:
+            first = b * BATCH_ROWS
+            yield [_process(record, first + i, to_row) for i, record in enumerate(batch)]
 
 
-def _normalized(records: Iterator[Record], preset_name: str, num_proc: int) -> Iterator[tuple[Record, tuple | None]]:
-    """(record, result) in input order; result is None for rows the reader could not parse.
+def _worker(preset_name: str, sources: list, worker: int, num_workers: int, queue) -> None:
+    try:
+        for results in _batch_results(preset_name, sources, worker, num_workers):
+            queue.put(results)
+        queue.put(None)
+    except BaseException as e:  # hand the failure to the parent instead of dying silently
+        queue.put(("error", isinstance(e, DraftsmithError), f"{type(e).__name__}: {e}"))
 
-    With num_proc > 1, at most 2 * num_proc batches are in flight, so memory stays bounded
-    whatever the input size; reading stays in this process, so its errors surface here.
+
+def _normalized(preset_name: str, sources: list, num_proc: int) -> Iterator[tuple]:
+    """Per-row results in input order.
+
+    With num_proc > 1 every worker reads the whole input (parsing is cheap next to
+    normalizing and encoding) and normalizes every num_proc-th batch; nothing but the
+    encoded output crosses process boundaries, and bounded queues keep memory flat.
     """
-    if num_proc == 1:
-        for batch, job in _batches(records, preset_name):
-            yield from _pair(batch, _normalize_batch(job))
+    if num_proc == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for results in _batch_results(preset_name, sources):
+            yield from results
         return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(num_proc) as pool:
-        pending: deque = deque()
-        for batch, job in _batches(records, preset_name):
-            pending.append((batch, pool.apply_async(_normalize_batch, (job,))))
-            if len(pending) >= 2 * num_proc:
-                done, result = pending.popleft()
-                yield from _pair(done, result.get())
-        while pending:
-            done, result = pending.popleft()
-            yield from _pair(done, result.get())
-
-
-def _pair(batch: list[Record], normalized: list[tuple]) -> Iterator[tuple[Record, tuple | None]]:
-    it = iter(normalized)
-    for record in batch:
-        yield record, (None if record.error else next(it))
+    ctx = multiprocessing.get_context("fork")
+    queues = [ctx.Queue(maxsize=4) for _ in range(num_proc)]
+    procs = [ctx.Process(target=_worker, args=(preset_name, sources, k, num_proc, queues[k]), daemon=True)
+             for k in range(num_proc)]
+    for proc in procs:
+        proc.start()
+    try:
+        for b in itertools.count():
+            item = queues[b % num_proc].get()
+            if item is None:
+                return
+            if isinstance(item, tuple):
+                _, user_error, message = item
+                raise DraftsmithError(message) if user_error else RuntimeError(f"prepare-data worker failed: {message}")
+            yield from item
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
 
 
 # ----------------------------------------------------------------- writing
@@ -239,31 +260,25 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
     kinds: Counter = Counter()
     fixes = dict.fromkeys(conversation.FIX_KINDS, 0)
     seen_ids: set[str] = set()
-    records = _records(preset, files)
-    with open(rows_path, "w", encoding="utf-8", newline="\n") as out, \
+    sources = _open_sources(preset, files)
+    with open(rows_path, "wb") as out, \
             open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n") as skipped, \
             tqdm(desc=f"prepare-data {name}", unit=" rows", disable=_no_bar(cfg), file=sys.stderr) as bar:
-        for record, result in _normalized(records, preset.name, cfg.num_proc):
+        for result in _normalized(preset.name, sources, cfg.num_proc):
             read += 1
             bar.update()
-            if result is None or result[0] == "skip":
-                if result is None:
-                    entry = {"source": record.source, **record.position(), "reason": record.error,
-                             "detail": record.detail}
-                else:
-                    _, reason, where, row_id = result
-                    entry = {"source": record.source, **record.position(), **({"id": row_id} if row_id else {}),
-                             "reason": reason, **({"field": where} if where else {})}
+            if result[0] == "skip":
+                entry = result[1]
                 skipped_by_reason[entry["reason"]] += 1
                 skipped.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 continue
             _, kind, row_id, line, row_fixes = result
             if row_id in seen_ids:
                 row_id = _unique_id(row_id, seen_ids)
-                line = json.dumps({**json.loads(line), "id": row_id}, ensure_ascii=False)
+                line = json.dumps({**json.loads(line), "id": row_id}, ensure_ascii=False).encode()
                 duplicates += 1
             seen_ids.add(row_id)
-            out.write(line + "\n")
+            out.write(line + b"\n")
             written += 1
             kinds[kind] += 1
             for k, n in zip(conversation.FIX_KINDS, row_fixes):
@@ -320,9 +335,7 @@ def _split(rows_path: Path, train_path: Path, eval_path: Path, n: int, ratio: fl
     """Stream the rows into train/eval; eval is a seeded sample, both keep input order."""
     k = eval_count(n, ratio)
     chosen = set(random.Random(seed).sample(range(n), k))
-    with open(rows_path, encoding="utf-8", newline="\n") as rows, \
-            open(train_path, "w", encoding="utf-8", newline="\n") as train, \
-            open(eval_path, "w", encoding="utf-8", newline="\n") as held_out:
+    with open(rows_path, "rb") as rows, open(train_path, "wb") as train, open(eval_path, "wb") as held_out:
         for i, line in enumerate(rows):
             (held_out if i in chosen else train).write(line)
     return k
