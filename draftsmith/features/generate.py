@@ -55,6 +55,7 @@ class HiddenStatesConfig:
     target_signal: str = "hidden"            # "hidden" | "topk:K"
     draft_vocab_size: int = 32000
     batch_size: int = 4
+    pad_multiple: int = 32                   # samples are computed at their length rounded up to this
     tp_size: int = 1
     mem_frac: float = 0.75
     shard_mb: float = 256.0
@@ -277,7 +278,7 @@ def _settings(cfg: HiddenStatesConfig, target, data_fingerprint: str, shard_toke
     return {"model": str(cfg.model_path), "data": data_fingerprint, "num_samples": cfg.num_samples,
             "max_length": cfg.max_length, "aux_layers": target.aux_layers, "dtype": str(target.dtype),
             "codec": cfg.codec, "target_signal": "hidden" if topk is None else f"topk:{topk}",
-            "draft_vocab": vocab_digest, "shard_tokens": shard_tokens}
+            "draft_vocab": vocab_digest, "shard_tokens": shard_tokens, "pad_multiple": cfg.pad_multiple}
 
 
 def _prepare_output(root: Path, settings: dict, shards: list[list[int]], estimate: float, force: bool) -> dict:
@@ -375,8 +376,26 @@ class _Progress:
             self.bar.close()
 
 
-def _batches(rows: list[int], batch_size: int) -> list[list[int]]:
-    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+def padded_width(length: int, pad_multiple: int) -> int:
+    """The width a sample is always computed at: its length rounded up to `pad_multiple`."""
+    return -(-length // pad_multiple) * pad_multiple
+
+
+def plan_batches(rows: list[int], lengths: list[int], max_length: int, batch_size: int,
+                 pad_multiple: int) -> list[tuple[list[int], int]]:
+    """(rows, width) batches of a shard: consecutive rows sharing a padded width, <= batch_size each.
+
+    A sample is thus computed at the same width, right-padded, whatever the batch size,
+    which makes its features (and the store's bytes) independent of the batch size.
+    """
+    out: list[tuple[list[int], int]] = []
+    for i in rows:
+        width = padded_width(min(lengths[i], max_length), pad_multiple)
+        if out and out[-1][1] == width and len(out[-1][0]) < batch_size:
+            out[-1][0].append(i)
+        else:
+            out.append(([i], width))
+    return out
 
 
 def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | None = None) -> dict:
@@ -385,8 +404,8 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
 
     topk = parse_target_signal(cfg.target_signal)
     codec = get_codec(cfg.codec)
-    if cfg.batch_size < 1:
-        raise DraftsmithError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.batch_size < 1 or cfg.pad_multiple < 1 or cfg.max_length < 1:
+        raise DraftsmithError("--batch-size, --pad-multiple and --max-length must be >= 1")
     info = dist.init_distributed(cfg.device)
     dist.set_memory_fraction(cfg.mem_frac, info.device)
     tp = max(1, cfg.tp_size)
@@ -465,12 +484,12 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     tokens_run = 0
     try:
         for j in todo:
-            for rows in _batches(shards[j], cfg.batch_size):
+            for rows, width in plan_batches(shards[j], lengths, cfg.max_length, cfg.batch_size, cfg.pad_multiple):
                 batch = ds[rows]
                 seqs = [list(x)[:cfg.max_length] for x in batch["input_ids"]]
                 masks = [list(x)[:cfg.max_length] for x in batch["loss_mask"]]
                 ids = [str(x) for x in batch["id"]] if has_ids else [str(r) for r in rows]
-                item = _encode_batch(target, codec, rows, ids, seqs, masks, topk, draft_to_target, data_dir, j)
+                item = _encode_batch(target, codec, rows, ids, seqs, masks, width, topk, draft_to_target, data_dir, j)
                 if writer is not None:
                     writer.put(item)
                 tokens_run += sum(item.lengths)
@@ -508,9 +527,8 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     return dist.broadcast_object(summary)
 
 
-def _encode_batch(target, codec, rows, ids, seqs, masks, topk, draft_to_target, data_dir, shard) -> _Batch:
+def _encode_batch(target, codec, rows, ids, seqs, masks, width, topk, draft_to_target, data_dir, shard) -> _Batch:
     lengths = [len(s) for s in seqs]
-    width = max(lengths)
     input_ids = torch.zeros(len(seqs), width, dtype=torch.long)
     attention = torch.zeros(len(seqs), width, dtype=torch.long)
     loss = torch.zeros(len(seqs), width, dtype=torch.uint8)
@@ -578,6 +596,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-vocab-size", type=int, default=32000, help="draft vocabulary size for topk:K")
     p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks per model replica")
     p.add_argument("--batch-size", type=int, default=4, help="samples per forward (batched by length)")
+    p.add_argument("--pad-multiple", type=int, default=32,
+                   help="each sample is padded to a multiple of this, whatever its batch (batch-size invariance)")
     p.add_argument("--mem-frac", type=float, default=0.75,
                    help="cap on this process's share of accelerator memory (no-op on CPU)")
     p.add_argument("--shard-mb", type=float, default=256.0, help="approximate shard file size")
