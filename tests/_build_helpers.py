@@ -81,6 +81,13 @@ def real_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(str(tokenizer_path(name)))
 
 
+@functools.lru_cache(maxsize=None)
+def real_backend(name: str):
+    from draftsmith.data.loss_mask import backend_tokenizer
+
+    return backend_tokenizer(real_tokenizer(name))
+
+
 def tokenizer_path(name: str):
     return resources.smollm2_dir() if name == "smollm2" else resources.tokenizer_dir(name)
 

@@ -22,16 +22,17 @@ Span = tuple[int, int]
 
 
 def backend_tokenizer(tokenizer):
-    """A private copy of the fast tokenizer's Rust backend, with truncation and padding off."""
+    """The fast tokenizer's Rust backend, copied with truncation and padding off if it has them set."""
     from tokenizers import Tokenizer
 
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     if not isinstance(backend, Tokenizer):
         raise DraftsmithError(f"{type(tokenizer).__name__} is not a fast tokenizer: build-dataset needs offsets "
                               "from a tokenizer.json (fast) tokenizer")
-    backend = Tokenizer.from_str(backend.to_str())
-    backend.no_truncation()
-    backend.no_padding()
+    if backend.truncation is not None or backend.padding is not None:
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
     return backend
 
 
