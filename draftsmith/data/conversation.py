@@ -161,12 +161,16 @@ def normalize_row(obj: object) -> Normalized:
     return Normalized(kind, row, None, fixes)
 
 
+def _blank(text: str) -> bool:
+    return not text or text.isspace()  # no copy of a long string, unlike strip()
+
+
 def _check_id(obj: dict) -> Problem | None:
     if "id" not in obj or obj["id"] is None:
         return Problem("missing id", "id")
     if not isinstance(obj["id"], str):
         return Problem("id is not a string", "id")
-    if not obj["id"].strip():
+    if _blank(obj["id"]):
         return Problem("empty id", "id")
     return None
 
@@ -174,7 +178,7 @@ def _check_id(obj: dict) -> Problem | None:
 def _check_text(text: object) -> Problem | None:
     if not isinstance(text, str):
         return Problem("text is not a string", "text")
-    if not text.strip():
+    if _blank(text):
         return Problem("empty text", "text")
     return None
 
@@ -192,7 +196,7 @@ def _check_message_body(msg: dict, role: str, where: str, content_key: str) -> P
         return None if calls_only else Problem("missing content", f"{where}.{content_key}")
     if not isinstance(content, str):
         return Problem("content is not a string", f"{where}.{content_key}")
-    if not content.strip() and not calls_only:
+    if _blank(content) and not calls_only:
         return Problem("empty content", f"{where}.{content_key}")
     return None
 
@@ -204,7 +208,9 @@ def _canonical_message(msg: object, where: str) -> tuple[dict | None, Problem | 
     if role_key not in msg:
         return None, Problem("missing role", f"{where}.role")
     raw_role = msg[role_key]
-    role = ROLE_ALIASES.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
+    role = ROLE_ALIASES.get(raw_role) if isinstance(raw_role, str) else None
+    if role is None and isinstance(raw_role, str):
+        role = ROLE_ALIASES.get(raw_role.strip().lower())
     if role is None:
         return None, Problem(f"unknown role {raw_role!r}", f"{where}.{role_key}")
     content_key = "content" if "content" in msg else "value"
@@ -212,9 +218,10 @@ def _canonical_message(msg: object, where: str) -> tuple[dict | None, Problem | 
     if problem:
         return None, problem
     message = {"role": role, "content": msg.get(content_key) or ""}
-    for name in OPTIONAL_MESSAGE_FIELDS:
-        if msg.get(name) is not None:
-            message[name] = msg[name]
+    if len(msg) > 2:
+        for name in OPTIONAL_MESSAGE_FIELDS:
+            if msg.get(name) is not None:
+                message[name] = msg[name]
     return message, None
 
 

@@ -40,6 +40,7 @@ from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic
 
 BATCH_ROWS = 256
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # UTF-8 output, readable
 
 
 @dataclass
@@ -180,7 +181,7 @@ def _process(record: Record, ordinal: int, to_row: Callable[[object, int], objec
     result = conversation.normalize_row(row)
     if result.problem is None:
         fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
-        return ("ok", result.kind, result.row["id"], json.dumps(result.row, ensure_ascii=False).encode(), fixes)
+        return ("ok", result.kind, result.row["id"], _ENCODER.encode(result.row).encode(), fixes)
     raw_id = row.get("id") if isinstance(row, dict) else None
     entry = {"source": record.source, **record.position()}
     if isinstance(raw_id, str) and raw_id.strip():
