@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from draftsmith import resources
 from draftsmith.data import conversation
-from draftsmith.data.formats import SUFFIXES, Record, iter_records
+from draftsmith.data.formats import SUFFIXES, Record, file_format, iter_records
 from draftsmith.data.presets import PRESETS, Preset, get_preset, hub_records
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic
@@ -70,7 +70,7 @@ class PrepareResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    presets = ", ".join(f"{p.name}" for p in PRESETS.values())
+    presets = ", ".join(PRESETS)
     parser.add_argument("--dataset", default=None,
                         help=f"preset name ({presets}); default 'custom' when --data-path is given")
     parser.add_argument("--data-path", nargs="+", type=Path, default=[], metavar="FILE",
@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     result = prepare_data(cfg)
     print(format_summary(result))
     skipped = result.summary["skipped"]
+    if not result.summary["written"]:
+        print(f"warning: no conversation was written; the reasons are in {result.skipped_path}", file=sys.stderr)
     if cfg.strict and skipped:
         print(f"error: --strict: {skipped} row(s) skipped, see {result.skipped_path}", file=sys.stderr)
         return 1
@@ -149,15 +151,24 @@ def _expand_paths(paths: list[Path]) -> list[Path]:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().removesuffix(".gz").endswith(SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and _supported(p))
             if not found:
                 raise InputError(f"folder has no {', '.join(SUFFIXES)} files", path=path)
             files.extend(found)
         elif not path.is_file():
             raise InputError("no such file", path=path)
         else:
+            file_format(path)  # an unsupported type fails now, not after other files were read
             files.append(path)
     return files
+
+
+def _supported(path: Path) -> bool:
+    try:
+        file_format(path)
+    except InputError:
+        return False
+    return True
 
 
 def _open_sources(preset: Preset, files: list[Path]) -> list[Callable[[], Iterator[Record]]]:
@@ -215,7 +226,8 @@ def _worker(preset_name: str, sources: list, worker: int, num_workers: int, queu
             queue.put(results)
         queue.put(None)
     except BaseException as e:  # hand the failure to the parent instead of dying silently
-        queue.put(("error", isinstance(e, DraftsmithError), f"{type(e).__name__}: {e}"))
+        user_error = isinstance(e, DraftsmithError)
+        queue.put(("error", user_error, str(e) if user_error else f"{type(e).__name__}: {e}"))
 
 
 def _normalized(preset_name: str, sources: list, num_proc: int) -> Iterator[tuple]:
