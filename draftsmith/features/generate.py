@@ -272,10 +272,10 @@ def _shard_done(root: Path, shard: int) -> bool:
     return file.exists() and file.stat().st_size == meta.get("bytes")
 
 
-def _settings(cfg: HiddenStatesConfig, target, data_fingerprint: str, shard_tokens: int,
+def _settings(cfg: HiddenStatesConfig, target, data_fingerprint: str, num_samples: int, shard_tokens: int,
               topk: int | None, vocab_digest: str | None) -> dict:
     """Everything that changes the store's bytes (the batch size and world size do not)."""
-    return {"model": str(cfg.model_path), "data": data_fingerprint, "num_samples": cfg.num_samples,
+    return {"model": str(cfg.model_path), "data": data_fingerprint, "num_samples": num_samples,
             "max_length": cfg.max_length, "aux_layers": target.aux_layers, "dtype": str(target.dtype),
             "codec": cfg.codec, "target_signal": "hidden" if topk is None else f"topk:{topk}",
             "draft_vocab": vocab_digest, "shard_tokens": shard_tokens, "pad_multiple": cfg.pad_multiple}
@@ -445,7 +445,8 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     bpt = bytes_per_token(cfg.codec, target.hidden_size, len(target.aux_layers), topk, 1.0, logit_bytes)
     shard_tokens = max(1, int(cfg.shard_mb * 2 ** 20 / bpt))
     shards = make_plan(lengths, cfg.num_samples, cfg.max_length, shard_tokens)
-    settings = _settings(cfg, target, f"{getattr(ds, '_fingerprint', '')}:{len(ds)}", shard_tokens, topk, vocab_digest)
+    settings = _settings(cfg, target, f"{getattr(ds, '_fingerprint', '')}:{len(ds)}", sum(map(len, shards)),
+                         shard_tokens, topk, vocab_digest)
 
     lock_fd, status = None, {"ok": True}
     if info.is_main:
@@ -476,8 +477,9 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     progress = _Progress(info, total_todo, cfg.progress, publishers=list(range(0, info.world_size, tp)))
     dist.barrier()
 
-    metadata = {"format": FORMAT, "codec": cfg.codec, "hidden_size": str(target.hidden_size),
-                "aux_layers": json.dumps(target.aux_layers)}
+    # one key: safetensors writes its metadata map in hash order, which would differ run to run
+    metadata = {FORMAT: json.dumps({"codec": cfg.codec, "hidden_size": target.hidden_size,
+                                    "aux_layers": target.aux_layers}, sort_keys=True)}
     writer = ShardWriter(root, metadata) if writes else None
     has_ids = "id" in ds.column_names
     t_loop = time.monotonic()
