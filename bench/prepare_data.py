@@ -5,7 +5,8 @@
 Runs the whole stage (parse, normalize, write, 5% eval split) in this process, alternating
 the --num-proc settings so machine load hits them alike, and writes
 bench/results/prepare_data.json: per-run wall and CPU seconds (this process and its
-workers), medians, conversations/s, and the load average around the runs. On a shared
+workers), medians, conversations/s, the CPU seconds of each step of a sequential pass
+(parse / normalize / encode / write), and the load average around the runs. On a shared
 machine compare ratios from one run; CPU seconds show the work even when wall time is
 stretched by other jobs.
 """
@@ -47,6 +48,27 @@ def run_once(num_proc: int, out: Path) -> dict:
             "conversations_per_s": round(s["written"] / wall, 1)}
 
 
+def cpu_phases() -> dict:
+    """CPU seconds of each step of one sequential pass: where the time goes."""
+    from draftsmith.data.conversation import normalize_row
+    from draftsmith.data.formats import iter_records
+    from draftsmith.data.prepare import _ENCODER
+
+    t0 = time.process_time()
+    values = [r.value for r in iter_records(resources.sharegpt_json()) if r.error is None]
+    t1 = time.process_time()
+    rows = [n.row for n in map(normalize_row, values) if n.row is not None]
+    t2 = time.process_time()
+    lines = [_ENCODER.encode(row).encode() for row in rows]
+    t3 = time.process_time()
+    with tempfile.TemporaryFile() as f:
+        for line in lines:
+            f.write(line + b"\n")
+    t4 = time.process_time()
+    return {"parse_s": round(t1 - t0, 3), "normalize_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
+            "write_s": round(t4 - t3, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -63,6 +85,7 @@ def main() -> None:
                 run = run_once(num_proc, Path(tmp) / f"np{num_proc}")
                 runs.append(run)
                 print(json.dumps(run))
+    phases = [cpu_phases() for _ in range(args.repeats)]
     medians = {}
     for num_proc in args.num_proc:
         mine = [r for r in runs if r["num_proc"] == num_proc]
@@ -86,10 +109,12 @@ def main() -> None:
         "written": runs[0]["written"],
         "medians": medians,
         "wall_speedup_vs_first": {k: round(base / v["wall_s"], 2) for k, v in medians.items()},
+        "cpu_phases_median": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
         "runs": runs,
     }
     write_json_atomic(args.output, report)
-    print(json.dumps({k: report[k] for k in ("medians", "wall_speedup_vs_first", "load_average_before")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("medians", "wall_speedup_vs_first", "cpu_phases_median",
+                                             "load_average_before")}, indent=2))
 
 
 if __name__ == "__main__":
