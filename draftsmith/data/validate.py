@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from draftsmith.data.conversation import find_problem
 from draftsmith.data.formats import Record, file_format, iter_records
@@ -93,7 +96,8 @@ def validate_files(paths: list[Path], max_examples: int = 5) -> ValidationReport
     for path in paths:
         report = FileReport(str(path))
         kinds: Counter = Counter()
-        for record in iter_records(path):
+        for record in tqdm(iter_records(path), desc=f"validate {Path(path).name}", unit=" rows",
+                           disable=None, file=sys.stderr):  # a bar only on a terminal
             report.rows += 1
             where = _where(path, record)
             if record.error:
