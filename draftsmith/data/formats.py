@@ -59,17 +59,15 @@ class Record:
 
 
 def file_format(path: str | os.PathLike) -> str:
-    """'json', 'jsonl' or 'parquet' from the file name (a trailing .gz is allowed for JSON)."""
+    """'json', 'jsonl' or 'parquet' from the file name (.json.gz and .jsonl.gz are read too)."""
     name = Path(path).name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            if suffix == ".parquet" and Path(path).name.lower().endswith(".gz"):
-                break
-            return suffix[1:]
-    raise InputError(f"unsupported file type: expected one of {', '.join(SUFFIXES)} (optionally .json.gz/.jsonl.gz)",
-                     path=path)
+    if name.endswith(".parquet"):
+        return "parquet"
+    base = name.removesuffix(".gz")
+    for fmt in ("jsonl", "json"):
+        if base.endswith(f".{fmt}"):
+            return fmt
+    raise InputError("unsupported file type: expected .json, .jsonl (optionally .gz) or .parquet", path=path)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[Record]:
