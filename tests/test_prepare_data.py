@@ -138,6 +138,11 @@ def test_hub_path_uses_load_dataset_with_the_preset_split(tmp_path, monkeypatch)
     assert result.summary["sources"] == ["HuggingFaceH4/ultrachat_200k:train_sft"]
     assert [r["id"] for r in read_jsonl(result.train_path)] == ["u1", "u2"]
     assert read_jsonl(result.skipped_path)[0]["source"] == "HuggingFaceH4/ultrachat_200k:train_sft"
+    prepare(tmp_path, "ultrachat", [], split="test_sft")
+    assert calls[-1] == ("HuggingFaceH4/ultrachat_200k", None, "test_sft")
+    calls.clear()
+    prepare(tmp_path, "gsm8k", [])
+    assert calls == [("openai/gsm8k", "main", "train")]
 
 
 def test_hub_unreachable_names_the_dataset_and_data_path(tmp_path, monkeypatch, capsys):
@@ -372,7 +377,8 @@ def test_merged_file_made_with_cat_is_valid_input(tmp_path):
 def test_bad_settings_are_errors(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
     for kw, message in [({"eval_ratio": 1.0, "split_eval": True}, "--eval-ratio"), ({"num_proc": 0}, "--num-proc"),
-                        ({"sample_size": 0}, "--sample-size"), ({"name": "../x"}, "--name")]:
+                        ({"sample_size": 0}, "--sample-size"), ({"name": "../x"}, "--name"),
+                        ({"split": "test"}, "--split")]:
         with pytest.raises(DraftsmithError, match=message):
             prepare(tmp_path, "custom", [path], **kw)
     with pytest.raises(DraftsmithError, match="unknown dataset 'nope'.*ultrachat"):

@@ -16,6 +16,7 @@ moved into place at the end: an interrupted run leaves no half-written output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -49,6 +50,7 @@ class PrepareConfig:
     data_path: list[Path] = field(default_factory=list)
     output_path: Path | None = None  # None -> <cache>/dataset
     name: str | None = None  # output folder and file prefix; default: the dataset name
+    split: str | None = None  # hub split; default: the preset's
     sample_size: int | None = None
     split_eval: bool = False
     eval_ratio: float = 0.05
@@ -76,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-path", nargs="+", type=Path, default=[], metavar="FILE",
                         help="local .json/.jsonl/.parquet file(s) or folder(s) in the preset's row shape, "
                              "read instead of the hub")
+    parser.add_argument("--split", default=None,
+                        help="hub split to read (default: the preset's, e.g. train_sft for ultrachat)")
     parser.add_argument("--output-path", type=Path, default=None,
                         help="parent folder of the output (default: cache/dataset)")
     parser.add_argument("--name", default=None, help="output folder and file prefix (default: the dataset name)")
@@ -92,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(dataset=args.dataset or ("custom" if args.data_path else ""), data_path=list(args.data_path),
-                        output_path=args.output_path, name=args.name, sample_size=args.sample_size,
+                        output_path=args.output_path, name=args.name, split=args.split, sample_size=args.sample_size,
                         split_eval=args.split_eval, eval_ratio=args.eval_ratio, seed=args.seed,
                         num_proc=args.num_proc, overwrite=args.overwrite, strict=args.strict)
     if not cfg.dataset:
@@ -112,6 +116,8 @@ def prepare_data(cfg: PrepareConfig) -> PrepareResult:
     """Run the stage; raises DraftsmithError on bad settings, never on bad rows."""
     preset = get_preset(cfg.dataset)
     _check_config(cfg, preset)
+    if cfg.split:
+        preset = dataclasses.replace(preset, split=cfg.split)
     files = _expand_paths(cfg.data_path)
     name = cfg.name or preset.name
     parent = Path(cfg.output_path) if cfg.output_path is not None else resources.cache_root() / "dataset"
@@ -135,6 +141,8 @@ def prepare_data(cfg: PrepareConfig) -> PrepareResult:
 def _check_config(cfg: PrepareConfig, preset: Preset) -> None:
     if preset.hub_name is None and not cfg.data_path:
         raise DraftsmithError(f"dataset {preset.name!r} is local-only: pass --data-path FILE")
+    if cfg.split and cfg.data_path:
+        raise DraftsmithError("--split selects a hub split; it has no meaning with --data-path")
     if cfg.sample_size is not None and cfg.sample_size < 1:
         raise DraftsmithError(f"--sample-size must be at least 1, got {cfg.sample_size}")
     if cfg.split_eval and not 0.0 < cfg.eval_ratio < 1.0:
