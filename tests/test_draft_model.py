@@ -14,6 +14,16 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 from draftsmith.draft import Eagle3Config, Eagle3Draft
 from draftsmith.errors import InputError
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 CHECKPOINT_NAMES = {
     "fc.weight", "midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight",
     "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_proj.weight",

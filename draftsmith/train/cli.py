@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int)
     m = p.add_argument_group("draft")
     m.add_argument("--draft-vocab-size", type=int)
+    m.add_argument("--aux-layers", type=_int_list,
+                   help="target layers to fuse, HF hidden_states indices 'i,j,k' (default 2,L//2,L-3; "
+                        "offline: the store's)")
     m.add_argument("--draft-model-config",
                    help="JSON file overriding fields of the draft config derived from the target")
     m.add_argument("--ttt-length", type=int)
@@ -74,6 +77,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--trust-remote-code", action="store_true",
                    help="allow the target's own modeling code (opt-in)")
     r.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _read_yaml(path: Path) -> dict:

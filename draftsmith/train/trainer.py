@@ -50,6 +50,7 @@ class TrainConfig:
     chat_template: str | None = None
     max_length: int = 2048
     draft_vocab_size: int = 32000
+    aux_layers: list[int] | None = None           # HF hidden_states indices; None: [2, L//2, L-3] / the store's
     draft_model_config: str | None = None         # JSON file of Eagle3Config overrides
     ttt_length: int = 7
     loss_decay: float = 0.8
@@ -231,9 +232,9 @@ class Trainer:
         if cfg.mode == "online":
             from draftsmith.target.hf import load_target
 
-            mesh = dist.device_mesh(self.info, cfg.tp_size)["tp"] if cfg.tp_size > 1 else None
             self.target = load_target(cfg.target_model_path, dtype=dtype, device=self.device,
-                                      tp_size=cfg.tp_size, trust_remote_code=cfg.trust_remote_code, tp_mesh=mesh)
+                                      aux_layers=cfg.aux_layers, tp_size=cfg.tp_size,
+                                      trust_remote_code=cfg.trust_remote_code)
             train_ds, data_dir = self._tokenized(cfg.train_data_path, "--train-data-path")
             self.train_source = sources.OnlineSource(train_ds, self.target, cfg.max_length)
             self.eval_source = None
@@ -263,6 +264,9 @@ class Trainer:
                 self.eval_source = sources.OfflineSource(eval_store, cfg.max_length)
             target_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
             aux_layers = list(manifest["aux_layers"])
+            if cfg.aux_layers is not None and list(cfg.aux_layers) != aux_layers:
+                raise InputError(f"the store holds aux layers {aux_layers}, not {list(cfg.aux_layers)}",
+                                 path=cfg.train_hidden_states_path, field="--aux-layers")
             weights = sources.load_target_weights(model_path, dtype)
             embed, lm_head = weights.embed.to(self.device), weights.lm_head
             vocab_size = int(embed.shape[0])

@@ -25,6 +25,7 @@ inside activation checkpointing, so full-vocab fp32 logits never exist for all s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,35 @@ def _soft_ce(draft: Eagle3Draft, out_rows: torch.Tensor, target_logp: torch.Tens
     return ce.sum(), correct
 
 
+def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which target rows step k supervises and from which draft row: target position q is
+    predicted at step k by row p = q-1-k (so only q >= k+1). Returns (keep mask, p)."""
+    keep = rows_q >= k + 1
+    return keep, rows_q[keep] - 1 - k
+
+
+def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch.Tensor, length: int,
+           attention: str = "sdpa") -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (k, pre-norm output [B, T, H]) for steps 0..length-1 of the TTT unroll."""
+    t = input_ids.shape[1]
+    hidden = draft.project(aux_hidden_states)
+    past_k = past_v = None
+    for k in range(length):
+        tokens, positions = step_inputs(input_ids, k)
+        if k == 0:
+            mask = None                                                 # plain causal
+        elif attention == "flex":
+            mask = ttt_block_mask(t, k, input_ids.device)
+        else:
+            mask = ttt_mask(t, k, input_ids.device)
+        past = None if past_k is None else (past_k, past_v)
+        out, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=past)
+        past_k = key if past_k is None else torch.cat([past_k, key], dim=2)
+        past_v = value if past_v is None else torch.cat([past_v, value], dim=2)
+        yield k, out
+        hidden = out
+
+
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
                 target_head: torch.Tensor | None = None, attention: str = "sdpa",
                 checkpoint_logits: bool = True) -> TTTResult:
@@ -104,13 +134,10 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     attention: "sdpa" (explicit bool mask) or "flex" (BlockMask; memory-efficient on CUDA).
     """
     input_ids = batch["input_ids"]
-    b, t = input_ids.shape
-    device = input_ids.device
     attention_mask = batch.get("attention_mask")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    rows = target_rows(batch["loss_mask"], attention_mask)          # [B, T] at target positions q
-    qb, qq = rows.nonzero(as_tuple=True)                              # sorted by (b, q)
+    qb, qq = target_rows(batch["loss_mask"], attention_mask).nonzero(as_tuple=True)
 
     with torch.no_grad():
         target_logp = topk_ids = topk_logp = None
@@ -122,32 +149,16 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             if target_head is None:
                 raise ValueError("a hidden_state batch needs target_head (target lm_head rows of the draft vocab)")
             hs = batch["hidden_state"][qb, qq]
-            target_logits = hs.to(target_head.dtype) @ target_head.T
-            target_logp = F.log_softmax(target_logits.float(), dim=-1)
+            target_logp = F.log_softmax((hs.to(target_head.dtype) @ target_head.T).float(), dim=-1)
             target_argmax = target_logp.argmax(-1)
 
-    hidden = draft.project(batch["aux_hidden_states"])
-    past_k = past_v = None
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = torch.zeros((), dtype=torch.float32, device=input_ids.device)
     result = TTTResult(loss=total)
-    for k in range(length):
-        tokens, positions = step_inputs(input_ids, k)
-        if k == 0:
-            mask = None                                                 # plain causal
-        elif attention == "flex":
-            mask = ttt_block_mask(t, k, device)
-        else:
-            mask = ttt_mask(t, k, device)
-        past = None if past_k is None else (past_k, past_v)
-        out, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=past)
-        past_k = key if past_k is None else torch.cat([past_k, key], dim=2)
-        past_v = value if past_v is None else torch.cat([past_v, value], dim=2)
-
-        keep = qq >= k + 1                                              # row p = q-1-k must exist
-        sel_b, sel_p = qb[keep], qq[keep] - 1 - k
+    for k, out in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention):
+        keep, rows_p = step_rows(qb, qq, k)
         n = int(keep.sum())
         if n:
-            args = (draft, out[sel_b, sel_p],
+            args = (draft, out[qb[keep], rows_p],
                     None if target_logp is None else target_logp[keep],
                     None if topk_ids is None else topk_ids[keep],
                     None if topk_logp is None else topk_logp[keep],
@@ -164,7 +175,6 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             result.loss_sum.append(0.0)
             result.correct.append(0)
         result.count.append(n)
-        hidden = out
     result.loss = total
     return result
 

@@ -1,0 +1,183 @@
+"""The trainer end to end on a tiny target, with the real build-dataset and feature store:
+learning, online == offline, resume equivalence, torchrun (gloo, 2 processes), checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_helpers import sharp_target, write_conversations
+from draftsmith.train.trainer import TrainConfig, Trainer, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+REPO = Path(__file__).resolve().parent.parent
+AUX = [1, 2, 3]   # the default [2, L//2, L-3] repeats a layer in a 4-layer model
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama_dir, tmp_path_factory):
+    """A sharp tiny target, 16 tokenized conversations and a bf16 feature store of them."""
+    from draftsmith.data.build import BuildConfig, build_dataset
+    from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
+
+    root = tmp_path_factory.mktemp("trainer")
+    target = sharp_target(Path(tiny_llama_dir), root / "target")
+    conv = write_conversations(root / "train.jsonl", 16)
+    built = build_dataset(BuildConfig(data_path=str(conv), tokenizer=str(target), chat_template="hf",
+                                      max_length=128, output=str(root / "tokenized")))
+    eval_conv = write_conversations(root / "eval.jsonl", 4, seed=1)
+    store = root / "store"
+    run_hidden_states(HiddenStatesConfig(model_path=str(target), data_path=str(built.path), output_path=str(store),
+                                         max_length=128, dtype="bfloat16", codec="bf16", batch_size=8,
+                                         aux_layers=AUX, device="cpu", progress=False))
+    eval_store = root / "eval_store"
+    run_hidden_states(HiddenStatesConfig(model_path=str(target), data_path=str(eval_conv), output_path=str(eval_store),
+                                         chat_template="hf", max_length=128, dtype="bfloat16", codec="bf16",
+                                         batch_size=8, aux_layers=AUX, device="cpu", progress=False))
+    return {"root": root, "target": target, "data": Path(built.path), "store": store, "eval_store": eval_store}
+
+
+def _offline(setup, out: Path, **kw) -> TrainConfig:
+    base = dict(mode="offline", target_model_path=str(setup["target"]), train_data_path=str(setup["data"]),
+                train_hidden_states_path=str(setup["store"]), output_dir=str(out), draft_vocab_size=512,
+                ttt_length=3, batch_size=2, max_length=128, learning_rate=3e-3, warmup_ratio=0.0,
+                save_interval=1000, eval_interval=1000, dtype="bfloat16", device="cpu", progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _metrics(out: Path, split: str = "train") -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split", "train") == split]
+
+
+def test_loss_falls_and_acc0_rises(setup, tmp_path):
+    out = tmp_path / "run"
+    result = train(_offline(setup, out, num_epochs=3, learning_rate=1e-2,
+                            eval_hidden_states_path=str(setup["eval_store"]), eval_interval=8))
+    rows = _metrics(out)
+    assert len(rows) == 24 and rows[-1]["step"] == result["global_step"] == 24
+    first = sum(r["loss_k"][0] for r in rows[:4]) / 4
+    last = sum(r["loss_k"][0] for r in rows[-4:]) / 4
+    assert last < 0.7 * first
+    assert sum(r["acc_k"][0] for r in rows[-8:]) / 8 > sum(r["acc_k"][0] for r in rows[:4]) / 4 + 0.15
+    evals = _metrics(out, "eval")
+    assert [e["step"] for e in evals] == [8, 16, 24]
+    assert evals[-1]["loss_k"][0] < evals[0]["loss_k"][0] and evals[-1]["acc_k"][0] > evals[0]["acc_k"][0]
+    for r in rows:
+        assert set(r) >= {"step", "epoch", "lr", "loss_k", "acc_k", "tau", "tokens_per_s"}
+        assert len(r["loss_k"]) == len(r["acc_k"]) == 3
+
+
+def test_online_and_offline_give_the_same_first_step(setup, tmp_path):
+    from datasets import load_from_disk
+
+    from draftsmith.features import FeatureStore
+
+    store = FeatureStore.open(setup["store"])
+    assert store.ids == load_from_disk(str(setup["data"]))["id"]        # same samples, same order
+    train(_offline(setup, tmp_path / "off", max_steps=1))
+    online = _offline(setup, tmp_path / "on", max_steps=1, mode="online", train_hidden_states_path=None,
+                      aux_layers=AUX)
+    train(online)
+    off, on = _metrics(tmp_path / "off")[0], _metrics(tmp_path / "on")[0]
+    assert off["tokens"] == on["tokens"]
+    # bf16 target features depend slightly on the batch they were computed in (store: 8 rows,
+    # online: 2), so equality is to ~1e-6, far below any misalignment
+    for a, b in zip(off["loss_k"], on["loss_k"]):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert off["acc_k"] == on["acc_k"]
+
+
+def test_resume_gives_the_same_loss_curve_and_checkpoints_reload(setup, tmp_path):
+    from draftsmith.draft import Eagle3Draft
+    from draftsmith.export import check_folder, load_target_config
+
+    full = tmp_path / "full"
+    train(_offline(setup, full, num_epochs=2, save_interval=3))
+    cut = tmp_path / "cut"
+    train(_offline(setup, cut, num_epochs=2, save_interval=3, max_steps=5))   # "killed" after step 5
+    assert (cut / "step_3").is_dir() and (cut / "final").is_dir()
+    trainer = Trainer(_offline(setup, cut, num_epochs=2, save_interval=3, resume="latest"))
+    trainer.train()
+    a, b = _metrics(full), _metrics(cut)
+    assert [r["step"] for r in b] == list(range(1, 17)) == [r["step"] for r in a]
+    for ra, rb in zip(a, b):
+        assert ra["loss_k"] == pytest.approx(rb["loss_k"], rel=1e-6, abs=1e-7), ra["step"]
+        assert ra["lr"] == pytest.approx(rb["lr"])
+
+    # the final folder is SGLang-loadable as is and reloads to identical outputs
+    final = cut / "final"
+    report = check_folder(final, load_target_config(setup["target"]))
+    assert report.ok, report
+    again = Eagle3Draft.from_pretrained(final, embed_weight=trainer.draft.embed_weight)
+    batch = trainer.train_source.batch([0], torch.device("cpu"))
+    pos = torch.arange(batch["input_ids"].shape[1])[None]
+    with torch.no_grad():
+        for model in (trainer.draft, again):
+            model.eval()
+        x = trainer.draft.layer(batch["input_ids"], trainer.draft.project(batch["aux_hidden_states"]), pos)[0]
+        y = again.layer(batch["input_ids"], again.project(batch["aux_hidden_states"]), pos)[0]
+    assert torch.equal(trainer.draft.logits(x), again.logits(y))
+    assert torch.equal(again.d2t, trainer.draft.d2t.cpu())
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_gloo(setup, tmp_path, parallel):
+    out = tmp_path / parallel
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "scripts" / "train_eagle3_offline.py"),
+           "--target-model-path", str(setup["target"]), "--train-data-path", str(setup["data"]),
+           "--train-hidden-states-path", str(setup["store"]), "--output-dir", str(out),
+           "--draft-vocab-size", "512", "--ttt-length", "2", "--batch-size", "2", "--max-steps", "2",
+           "--device", "cpu", "--parallel", parallel, "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    store_tokens = sorted(json.loads((setup["store"] / "manifest.json").read_text())["samples"],
+                          key=lambda s: s["index"])
+    assert rows[0]["tokens"] > max(s["length"] for s in store_tokens) * 2   # 2 ranks x 2 samples counted
+    state = json.loads((out / "final" / "training_state" / "trainer.json").read_text())
+    assert state["world_size"] == 2 and state["global_step"] == 2
+    from draftsmith.draft import Eagle3Draft
+
+    Eagle3Draft.from_pretrained(out / "final")
+
+
+def test_yaml_config_equals_flags(tmp_path):
+    import argparse
+
+    from draftsmith.train import cli
+
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("mode: offline\ntrain-hidden-states-path: /s\nlearning_rate: 0.0005\nttt-length: 5\n"
+                         "batch-size: 3\n")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    from_yaml = cli.config_from_args(parser.parse_args(["--config", str(yaml_path), "--batch-size", "4"]))
+    from_flags = cli.config_from_args(parser.parse_args(
+        ["--mode", "offline", "--train-hidden-states-path", "/s", "--learning-rate", "0.0005",
+         "--ttt-length", "5", "--batch-size", "4"]))
+    assert from_yaml == from_flags and from_yaml.batch_size == 4
+    yaml_path.write_text("learning-rat: 1\n")
+    from draftsmith.errors import InputError
+
+    with pytest.raises(InputError, match="learning-rat"):
+        cli.config_from_args(parser.parse_args(["--config", str(yaml_path)]))

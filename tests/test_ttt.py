@@ -1,0 +1,185 @@
+"""Training-time test: alignment with SGLang's serving loop, masks, losses and metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from _train_helpers import small_draft, write_conversations
+from draftsmith.train.ttt import (step_inputs, step_rows, summarize, target_rows, ttt_forward, ttt_mask,
+                                  unroll)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def _batch(b=2, t=12, vocab=300, hidden=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, vocab, (b, t), generator=g),
+        "loss_mask": (torch.rand(b, t, generator=g) > 0.3).long(),
+        "attention_mask": torch.ones(b, t, dtype=torch.long),
+        "aux_hidden_states": torch.randn(b, t, 3 * hidden, generator=g),
+        "hidden_state": torch.randn(b, t, hidden, generator=g),
+    }
+
+
+def test_step_inputs_are_tokens_p_plus_1_plus_k_at_positions_p_plus_k():
+    ids = torch.arange(10, 20)[None]
+    for k in range(4):
+        tokens, positions = step_inputs(ids, k)
+        for p in range(10):
+            assert positions[0, p] == p + k
+            assert tokens[0, p] == (ids[0, p + 1 + k] if p + 1 + k < 10 else 0)
+
+
+def test_unroll_equals_sglang_draft_extend_then_decode():
+    """Replays SGLang's serving loop with a KV cache (draft extend over a prefix: tokens shifted
+    left by one at positions 0..L-1; then draft decode: own output hidden fed back, the next
+    token, positions.add_(1), attending to every cached key) and checks that TTT step k at row
+    p = L-1 computes exactly what the server computes at decode step k."""
+    draft = small_draft().double()
+    draft.embed_weight = draft.embed_weight.double()
+    t, length = 10, 4
+    b = _batch(b=1, t=t)
+    ids, aux = b["input_ids"], b["aux_hidden_states"].double()
+    with torch.no_grad():
+        ttt_out = [out for _, out in unroll(draft, ids, aux, length)]
+        for prefix in range(1, t - length):
+            hidden = draft.project(aux[:, :prefix])
+            out, (k, v) = draft.layer(ids[:, 1:prefix + 1], hidden, torch.arange(prefix)[None])
+            cache = (k, v)
+            served = [out[:, -1]]
+            h, pos = out[:, -1:], prefix - 1
+            for step in range(1, length):
+                pos += 1                                              # positions.add_(1)
+                token = ids[:, prefix + step: prefix + step + 1]       # the (accepted) next token
+                h, (k, v) = draft.layer(token, h, torch.tensor([[pos]]), past_kv=cache)
+                cache = (torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2))
+                served.append(h[:, 0])
+            for step in range(length):
+                torch.testing.assert_close(ttt_out[step][:, prefix - 1], served[step], rtol=1e-9, atol=1e-9)
+
+
+def test_ttt_mask_pattern():
+    m = ttt_mask(3, 2, torch.device("cpu"))[0, 0].int().tolist()
+    assert m == [[1, 0, 0, 1, 0, 0, 1, 0, 0],
+                 [1, 1, 0, 0, 1, 0, 0, 1, 0],
+                 [1, 1, 1, 0, 0, 1, 0, 0, 1]]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_matches_sdpa():
+    """The memory-efficient path (flex BlockMask) against SDPA with the explicit mask. CPU flex
+    attention has no backward, so gradients are compared on CUDA only."""
+    draft = small_draft()
+    batch = _batch(t=20)
+    head = torch.randn(300, 64)
+    with torch.no_grad():
+        a = ttt_forward(draft, batch, length=4, target_head=head, attention="sdpa")
+        f = ttt_forward(draft, batch, length=4, target_head=head, attention="flex")
+    torch.testing.assert_close(f.loss, a.loss, rtol=1e-5, atol=1e-5)
+    assert f.correct == a.correct and f.count == a.count
+    if not torch.cuda.is_available():
+        return
+    draft = draft.cuda()
+    draft.embed_weight = draft.embed_weight.cuda()
+    batch = {k: v.cuda() for k, v in batch.items()}
+    grads = []
+    for attention in ("sdpa", "flex"):
+        draft.zero_grad()
+        ttt_forward(draft, batch, length=4, target_head=head.cuda(), attention=attention).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in draft.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+
+
+def test_every_supervised_token_is_a_step0_target(tiny_llama_dir, tmp_path):
+    """On a real tokenized dataset (ChatML, multi-turn): the tokens predicted at step 0 are
+    exactly the supervised tokens t >= 2, including each reply's first token; at step k the
+    supervised tokens t >= 2 + k."""
+    from datasets import load_from_disk
+
+    from draftsmith.data.build import BuildConfig, build_dataset
+
+    data = write_conversations(tmp_path / "c.jsonl", 6)
+    result = build_dataset(BuildConfig(data_path=str(data), tokenizer=str(tiny_llama_dir), chat_template="hf",
+                                       max_length=256, output=str(tmp_path / "ds")))
+    ds = load_from_disk(str(result.path))
+    first_tokens = 0
+    for row in ds:
+        mask = torch.tensor(row["loss_mask"])[None]
+        qb, qq = target_rows(mask, torch.ones_like(mask)).nonzero(as_tuple=True)
+        supervised = set(torch.nonzero(mask[0]).flatten().tolist())
+        for k in range(3):
+            keep, rows_p = step_rows(qb, qq, k)
+            predicted = set((rows_p + 2 + k).tolist())                 # row p predicts token p+2+k
+            assert predicted == {t for t in supervised if t >= 2 + k}
+        starts = [t for t in supervised if t - 1 not in supervised]
+        first_tokens += len(starts)
+        keep, rows_p = step_rows(qb, qq, 0)
+        assert set(starts) <= set((rows_p + 2).tolist())
+    assert first_tokens >= len(ds)   # every row has at least one reply start, all covered
+
+
+def test_topk_signal_with_full_k_equals_hidden_signal():
+    """The two target signals are independent code paths; with K = the draft vocab they must agree."""
+    draft = small_draft(draft_vocab=50)
+    batch = _batch()
+    head = torch.randn(50, 64) * 3
+    ref = ttt_forward(draft, batch, length=3, target_head=head)
+    logits = batch["hidden_state"] @ head.T
+    values, ids = logits.topk(50, dim=-1)
+    topk = {k: v for k, v in batch.items() if k != "hidden_state"}
+    topk["target_topk_ids"], topk["target_topk_logits"] = ids, values
+    got = ttt_forward(draft, topk, length=3)
+    torch.testing.assert_close(got.loss, ref.loss)
+    assert got.correct == ref.correct and got.count == ref.count
+
+
+def test_loss_is_weighted_mean_over_supervised_rows_and_ignores_padding():
+    draft = small_draft()
+    head = torch.randn(300, 64)
+    batch = _batch(b=1, t=12)
+    r = ttt_forward(draft, batch, length=3, target_head=head)
+    s = summarize(r.loss_sum, r.correct, r.count)
+    expected = sum(0.8 ** k * s["loss_k"][k] for k in range(3))
+    assert math.isclose(r.loss.item(), expected, rel_tol=1e-5)
+    # hand count: step k supervises tokens t >= 2 + k with loss_mask[t] = 1
+    mask = batch["loss_mask"][0].tolist()
+    assert r.count == [sum(mask[t] for t in range(2 + k, 12)) for k in range(3)]
+    # a second, unsupervised sample and right padding change nothing
+    padded = {k: torch.cat([v, torch.zeros_like(v)], 0) for k, v in batch.items()}
+    padded = {k: torch.cat([v, torch.zeros_like(v[:, :5])], 1) for k, v in padded.items()}
+    padded["aux_hidden_states"][1] = torch.randn_like(padded["aux_hidden_states"][1])
+    r2 = ttt_forward(draft, padded, length=3, target_head=head)
+    torch.testing.assert_close(r2.loss, r.loss, rtol=1e-5, atol=1e-6)
+    assert r2.count == r.count
+
+
+def test_checkpointed_logits_give_the_same_gradients():
+    draft = small_draft()
+    head = torch.randn(300, 64)
+    batch = _batch()
+    grads = []
+    for ckpt in (True, False):
+        draft.zero_grad()
+        ttt_forward(draft, batch, length=3, target_head=head, checkpoint_logits=ckpt).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in draft.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_summarize_tau_by_hand():
+    s = summarize([2.0, 3.0, 4.0], [8, 4, 1], [10, 8, 4])
+    assert s["acc_k"] == [0.8, 0.5, 0.25]
+    assert s["loss_k"] == [0.2, 0.375, 1.0]
+    assert math.isclose(s["tau"], 1 + 0.8 + 0.8 * 0.5 + 0.8 * 0.5 * 0.25)
+
