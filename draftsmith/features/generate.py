@@ -409,7 +409,9 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     info = dist.init_distributed(cfg.device)
     dist.set_memory_fraction(cfg.mem_frac, info.device)
     tp = max(1, cfg.tp_size)
-    mesh = dist.device_mesh(info, tp) if tp > 1 else None
+    if tp > 1 and tp != info.world_size:
+        raise DraftsmithError(f"--tp-size {tp} must equal the number of torchrun processes ({info.world_size}): "
+                              "transformers' tensor parallelism spans the whole world")
     dp_rank, dp_size = dist.dp_coords(info, tp)
     writes = info.rank % tp == 0
     root = Path(cfg.output_path) if cfg.output_path else default_output_path(cfg.model_path, cfg.data_path)
@@ -430,8 +432,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     lengths = row_lengths(ds, data_dir)
 
     target = load_target(cfg.model_path, dtype=cfg.dtype, device=info.device, aux_layers=cfg.aux_layers,
-                         tp_size=tp, trust_remote_code=cfg.trust_remote_code,
-                         tp_mesh=mesh["tp"] if mesh is not None else None)
+                         tp_size=tp, trust_remote_code=cfg.trust_remote_code)
     vocab_digest = None
     if topk is not None:
         if draft_to_target is None:

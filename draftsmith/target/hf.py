@@ -153,22 +153,27 @@ class HFTarget:
 
 
 def load_target(model_path: str, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu",
-                aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False,
-                tp_mesh=None) -> HFTarget:
+                aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False) -> HFTarget:
     """Load an HF causal LM (local folder or hub name) as a frozen feature backend.
 
-    `tp_size > 1` shards the model with transformers' tensor parallelism over `tp_mesh`
-    (a 1-D DeviceMesh of this rank's tp group, see `draftsmith.dist.device_mesh`).
+    `tp_size > 1` shards the model with transformers' tensor parallelism; transformers
+    builds that DeviceMesh over the whole torchrun world, so tp_size must equal the world
+    size (one replica spread over every rank; see docs/feature-store.md).
     """
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = dict(dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
     if tp_size > 1:
-        if tp_mesh is None:
-            raise DraftsmithError("tp_size > 1 needs the tp DeviceMesh (draftsmith.dist.device_mesh(...)['tp'])")
-        kwargs.update(tp_plan="auto", device_mesh=tp_mesh)
+        import torch.distributed as dist
+        from transformers.distributed import DistributedConfig
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world != tp_size:
+            raise DraftsmithError(f"--tp-size {tp_size} needs exactly {tp_size} torchrun processes, got {world}: "
+                                  "transformers' tensor parallelism spans the whole world (no dp x tp groups)")
+        kwargs["distributed_config"] = DistributedConfig(tp_size=tp_size)
     else:
-        kwargs.update(device_map={"": str(torch.device(device))})
+        kwargs["device_map"] = {"": str(torch.device(device))}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
     except (OSError, ValueError) as e:
