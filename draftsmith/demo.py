@@ -351,6 +351,11 @@ def mtbench_summary(report: dict, num_steps: int) -> dict:
     raise DraftsmithError(f"the eval report has no mtbench entry with K={num_steps}")
 
 
+def _pipeline_order(item: tuple[str, dict]) -> int:
+    names = [stage.name for stage in STAGES]
+    return names.index(item[0]) if item[0] in names else len(names)
+
+
 def summarize(state: dict) -> DemoSummary:
     result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
     settings = state["settings"]
@@ -378,7 +383,7 @@ def summarize(state: dict) -> DemoSummary:
         train_steps=steps,
         train_tau=train_tau,
         train_acc=train_acc,
-        stage_seconds={name: float(rec["seconds"]) for name, rec in state["stages"].items()
+        stage_seconds={name: float(rec["seconds"]) for name, rec in sorted(state["stages"].items(), key=_pipeline_order)
                        if rec.get("status") == "done"},
     )
 

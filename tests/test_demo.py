@@ -139,3 +139,49 @@ def test_flags_override_the_profile():
     assert demo.config_from_args(_parse([])) == replace(demo.DEFAULT, device=demo.resolve_device("auto"))
     with pytest.raises(DraftsmithError, match="--max-length must be at least 1"):
         demo.config_from_args(_parse(["--max-length", "0"]))
+
+
+def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys):
+    """The whole pipeline through the real stage CLIs; a rerun finds every stage done."""
+    from draftsmith.cli import run_command
+
+    run_dir = tmp_path / "run"
+    # A 4-layer target: the default aux layers [2, L//2, L-3] collapse to [2, 2, 1], so name three distinct ones.
+    argv = ["--quick", "--target-model-path", str(tiny_llama_dir), "--output", str(run_dir),
+            "--aux-layers", "1,2,3", "--eval-questions", "1", "--max-new-tokens", "16", "--device", "cpu"]
+    assert run_command("demo", argv) == 0
+    out = capsys.readouterr().out
+
+    state = json.loads((run_dir / demo.STATE_FILE).read_text())
+    assert {n for n, r in state["stages"].items() if r["status"] == "done"} == {s.name for s in demo.STAGES}
+    report = json.loads((run_dir / "report" / "demo_report.json").read_text())
+    summary = report["summary"]
+    # the figures in the report are the stages' own outputs
+    eval_entry = json.loads((run_dir / "eval" / "report.json").read_text())["benchmarks"][0]
+    assert summary["tau"] == eval_entry["tau"] and summary["tau"] >= 1.0
+    assert summary["lossless"] is True and eval_entry["turns"] == summary["eval_turns"] == 2
+    assert len(summary["accept_rate"]) == 5
+    from draftsmith.features import FeatureStore
+
+    manifest = FeatureStore.open(run_dir / "features").manifest
+    assert summary["feature_bytes"] == manifest["bytes"] > 0 and summary["feature_tokens"] == manifest["num_tokens"]
+    import datasets
+
+    ds = datasets.load_from_disk(str(run_dir / "dataset"))
+    assert summary["conversations"] == len(ds) == manifest["num_samples"]
+    assert summary["supervised_tokens"] == sum(sum(m) for m in ds["loss_mask"]) > 0
+    steps = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["train_steps"] == max(r["step"] for r in steps) == len(ds)  # 1 epoch, batch 1
+    assert (run_dir / "draft" / "config.json").exists() and (run_dir / "draft" / "model.safetensors").exists()
+    for name in ("demo_report.md", "acceptance_and_training.png", "stage_times.png"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+    assert (run_dir / "report" / "acceptance_and_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for line in ("acceptance length tau (K=5)", "features on disk", "time: total"):
+        assert line in out
+    times = [line.split(":")[1].split()[0] for line in out.splitlines() if line.startswith("time: ")]
+    assert times == [s.name for s in demo.STAGES] + ["total"]  # in pipeline order
+    assert f"report: {run_dir / 'report'}/" in out
+
+    assert run_command("demo", argv) == 0  # everything finished: every stage is skipped
+    again = capsys.readouterr().out
+    assert again.count("done earlier") == len(demo.STAGES) and "$ draftsmith" not in again
