@@ -175,3 +175,39 @@ def test_json_array_reader_across_buffer_refills(tmp_path, monkeypatch):
     path.write_text(json.dumps(rows, indent=2)[:-30], encoding="utf-8")
     *complete, tail = iter_records(path)
     assert [r.value for r in complete] == rows[:len(complete)] and tail.error == TRUNCATED_JSON
+
+
+def test_cut_gzip_and_corrupt_parquet_keep_the_rows_before_the_damage(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = "".join(json.dumps({**GOOD, "id": str(i), "pad": "x" * 200}) + "\n" for i in range(200)).encode()
+    packed = gzip.compress(lines)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    *rows, tail = iter_records(cut)
+    assert rows and all(r.error is None for r in rows[:-1]) and tail.error == TRUNCATED_JSON
+    assert tail.line == len(rows) + 1
+    cut_array = tmp_path / "cut.json.gz"
+    array = [{**GOOD, "id": str(i), "pad": str(i) * 40} for i in range(3000)]
+    packed = gzip.compress(json.dumps(array).encode())
+    cut_array.write_bytes(packed[: len(packed) * 9 // 10])
+    *rows, tail = iter_records(cut_array)
+    assert len(rows) > 1500 and [r.value for r in rows] == array[:len(rows)]
+    assert tail.error == TRUNCATED_JSON and tail.index == len(rows)
+
+    table = pa.Table.from_pylist([{**GOOD, "id": str(i)} for i in range(3000)])
+    good_pq = tmp_path / "good.parquet"
+    pq.write_table(table, good_pq, row_group_size=1000)
+    data = bytearray(good_pq.read_bytes())
+    meta = pq.ParquetFile(good_pq).metadata
+    second = meta.row_group(1).column(0)
+    start = second.dictionary_page_offset or second.data_page_offset
+    data[start:start + 64] = b"\xff" * 64  # wreck the second row group's first column chunk
+    bad_pq = tmp_path / "bad.parquet"
+    bad_pq.write_bytes(bytes(data))
+    records = list(iter_records(bad_pq))
+    assert [r.value for r in records[:1000]] == table.to_pylist()[:1000]
+    assert records[-1].error == "unreadable data" and records[-1].index == len(records) - 1

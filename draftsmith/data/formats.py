@@ -16,6 +16,7 @@ import codecs
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -24,11 +25,14 @@ from draftsmith.errors import InputError
 
 INVALID_JSON = "invalid JSON"
 TRUNCATED_JSON = "truncated JSON"
+UNREADABLE = "unreadable data"
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
 _CHUNK_BYTES = 1 << 22
+_GZIP_CHUNK_BYTES = 1 << 16
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = " \t\n\r"
+_CORRUPT_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class Record:
 
     `line` is the 1-based line where the row starts (JSON files), `index` its 0-based
     position among the rows (JSON arrays, parquet, hub datasets). `error` is a short
-    stable reason ("invalid JSON", "truncated JSON") when the row could not be read;
-    then `value` is None and `detail` says what the parser saw.
+    stable reason ("invalid JSON", "truncated JSON", "unreadable data") when the row could
+    not be read; then `value` is None and `detail` says what the reader saw.
     """
 
     source: str
@@ -83,13 +87,18 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record]:
         head = _first_byte(f)
         f.seek(0)
         if fmt == "json" and head == b"[":
-            yield from _iter_json_array(f, str(path))
+            # a cut .gz stream loses the chunk being read: keep those chunks small
+            yield from _iter_json_array(f, str(path), _GZIP_CHUNK_BYTES if _is_gzip(path) else _CHUNK_BYTES)
         else:
             yield from _iter_jsonl(f, str(path))
 
 
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
 def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
 def _first_byte(f: IO[bytes]) -> bytes:
@@ -104,22 +113,27 @@ def _first_byte(f: IO[bytes]) -> bytes:
 
 def _iter_jsonl(f: IO[bytes], source: str) -> Iterator[Record]:
     decode = json.JSONDecoder().decode
-    for lineno, raw in enumerate(f, 1):
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM):]
-        if not raw.strip():
-            continue
-        try:
-            value = decode(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield Record(source, lineno, None, None, INVALID_JSON, f"not UTF-8 at byte {e.start}")
-        except json.JSONDecodeError as e:
-            yield Record(source, lineno, None, None, INVALID_JSON, f"{e.msg} (column {e.colno})")
-        else:
-            yield Record(source, lineno, None, value)
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            if not raw.strip():
+                continue
+            try:
+                value = decode(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield Record(source, lineno, None, None, INVALID_JSON, f"not UTF-8 at byte {e.start}")
+            except json.JSONDecodeError as e:
+                yield Record(source, lineno, None, None, INVALID_JSON, f"{e.msg} (column {e.colno})")
+            else:
+                yield Record(source, lineno, None, value)
+    except _CORRUPT_GZIP as e:
+        yield Record(source, lineno + 1, None, None, TRUNCATED_JSON,
+                     f"the compressed file is cut or corrupt after line {lineno} ({e})")
 
 
-def _iter_json_array(f: IO[bytes], source: str) -> Iterator[Record]:
+def _iter_json_array(f: IO[bytes], source: str, chunk_bytes: int) -> Iterator[Record]:
     """Stream the elements of a top-level JSON array, refilling a text buffer as needed."""
     decoder = json.JSONDecoder()
     utf8 = codecs.getincrementaldecoder("utf-8")()
@@ -132,7 +146,7 @@ def _iter_json_array(f: IO[bytes], source: str) -> Iterator[Record]:
         nonlocal buf, pos, eof
         if eof:
             return False
-        chunk = f.read(_CHUNK_BYTES)
+        chunk = f.read(max(chunk_bytes, len(buf) - pos))  # geometric growth for huge records
         eof = not chunk
         text = utf8.decode(chunk, final=eof)
         if not text:
@@ -155,13 +169,13 @@ def _iter_json_array(f: IO[bytes], source: str) -> Iterator[Record]:
             if not fill():
                 return ""
 
+    index = 0
     try:
         fill()
         if buf.startswith("\ufeff"):
             pos = 1
         skip_ws()
         pos += 1  # the "[" seen by iter_records
-        index = 0
         if skip_ws() == "]":
             return
         while True:
@@ -209,7 +223,9 @@ def _iter_json_array(f: IO[bytes], source: str) -> Iterator[Record]:
                              "the rest of the array cannot be read")
             return
     except UnicodeDecodeError as e:
-        yield Record(source, line, None, None, INVALID_JSON, f"not UTF-8 ({e.reason}); the rest of the file is unreadable")
+        yield Record(source, line, index, None, INVALID_JSON, f"not UTF-8 ({e.reason}); the rest of the file is unreadable")
+    except _CORRUPT_GZIP as e:
+        yield Record(source, line, index, None, TRUNCATED_JSON, f"the compressed file is cut or corrupt ({e})")
 
 
 def _iter_parquet(path: Path) -> Iterator[Record]:
@@ -220,7 +236,11 @@ def _iter_parquet(path: Path) -> Iterator[Record]:
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a bad file
         raise InputError(f"not a readable parquet file ({e})", path=path) from e
     index = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for value in batch.to_pylist():
-            yield Record(str(path), None, index, value)
-            index += 1
+    try:
+        for group in range(pf.num_row_groups):  # one group at a time: damage stays local
+            for batch in pf.iter_batches(batch_size=1024, row_groups=[group]):
+                for value in batch.to_pylist():
+                    yield Record(str(path), None, index, value)
+                    index += 1
+    except Exception as e:  # a corrupt row group: report it, keep the rows before it
+        yield Record(str(path), None, index, None, UNREADABLE, f"{type(e).__name__}: {e}; the rest of the file is unreadable")
