@@ -211,3 +211,13 @@ def test_cut_gzip_and_corrupt_parquet_keep_the_rows_before_the_damage(tmp_path):
     records = list(iter_records(bad_pq))
     assert [r.value for r in records[:1000]] == table.to_pylist()[:1000]
     assert records[-1].error == "unreadable data" and records[-1].index == len(records) - 1
+
+
+def test_rows_in_other_chat_shapes_point_to_prepare_data(tmp_path, capsys):
+    sharegpt = {"id": "s", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    openai = {"id": "o", "messages": GOOD["conversations"]}
+    path = write_lines(tmp_path / "shapes.jsonl", [sharegpt, openai, {"id": "x", "conversations": []}])
+    report = validate_files([path])
+    assert report.invalid == 3 and report.warnings["invalid here, but prepare-data can normalize it"].count == 2
+    assert run_command("validate-data", [str(path)]) == 1
+    assert "hint: `draftsmith prepare-data --data-path FILE`" in capsys.readouterr().out

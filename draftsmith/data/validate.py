@@ -19,11 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from draftsmith.data.conversation import find_problem
+from draftsmith.data.conversation import find_problem, normalize_row
 from draftsmith.data.formats import Record, file_format, iter_records
 from draftsmith.errors import InputError
 
 EMPTY_FILE = "empty file"
+NORMALIZABLE = "invalid here, but prepare-data can normalize it"
 
 
 @dataclass
@@ -106,6 +107,8 @@ def validate_files(paths: list[Path], max_examples: int = 5) -> ValidationReport
             kind, problem = find_problem(record.value)
             if problem:
                 note(problems, problem.reason, f"{where} ({problem.field})" if problem.field else where)
+                if normalize_row(record.value).problem is None:  # e.g. ShareGPT from/value, "messages"
+                    note(warnings, NORMALIZABLE, where)
                 continue
             report.valid += 1
             kinds[kind] += 1
@@ -140,6 +143,9 @@ def format_report(report: ValidationReport) -> str:
             for kind, entry in sorted(table.items(), key=lambda kv: (-kv[1].count, kv[0])):
                 more = ", ..." if entry.count > len(entry.examples) else ""
                 lines.append(f"  {kind:<44}{entry.count:>8,}   {', '.join(entry.examples)}{more}")
+    if NORMALIZABLE in report.warnings:
+        lines.append("hint: `draftsmith prepare-data --data-path FILE` turns rows in other chat shapes "
+                     "(ShareGPT from/value, \"messages\", role aliases) into canonical rows")
     verdict = "OK" if report.ok else f"INVALID: {report.invalid:,} of {report.rows:,} rows"
     lines.append(f"{verdict} ({len(report.files)} file{'s' if len(report.files) != 1 else ''})")
     return "\n".join(lines)
