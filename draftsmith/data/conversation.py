@@ -72,7 +72,7 @@ class Normalized:
 
 
 def row_kind(obj: object) -> str:
-    """"preformatted" for a row with "text" and no messages, else "conversation"."""
+    """The row's kind: "preformatted" when it has "text" and no messages, else "conversation"."""
     if isinstance(obj, dict) and "text" in obj and "conversations" not in obj and "messages" not in obj:
         return "preformatted"
     return "conversation"
