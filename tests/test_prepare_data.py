@@ -400,6 +400,12 @@ def test_a_failing_worker_stops_the_run_with_its_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(presets.PRESETS, "broken", presets.Preset("broken", None, "train", broken))
     path = write_jsonl(tmp_path / "a.jsonl", [GOOD] * 600)
-    with pytest.raises(RuntimeError, match="ValueError: converter bug"):
-        prepare(tmp_path, "broken", [path], num_proc=2)
-    assert not (tmp_path / "out" / "broken").exists() and list((tmp_path / "out").iterdir()) == []
+    old = tmp_path / "out" / "broken" / "broken_train.jsonl"
+    old.parent.mkdir(parents=True)
+    old.write_text("previous run\n", encoding="utf-8")
+    for num_proc in (1, 2):
+        with pytest.raises((ValueError, RuntimeError), match="converter bug"):
+            prepare(tmp_path, "broken", [path], num_proc=num_proc, overwrite=True)
+        # the previous output is untouched and no staging folder is left behind
+        assert old.read_text(encoding="utf-8") == "previous run\n"
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["broken"]
