@@ -88,6 +88,7 @@ def real_backend(name: str):
     return backend_tokenizer(real_tokenizer(name))
 
 
+@functools.lru_cache(maxsize=None)
 def tokenizer_path(name: str):
     return resources.smollm2_dir() if name == "smollm2" else resources.tokenizer_dir(name)
 

@@ -188,12 +188,13 @@ class _Worker:
             spans.append(row_spans)
             kept.append((where, row))
         for (where, row), (ids, mask) in zip(kept, tokenize_with_mask(self.backend, texts, spans)):
-            if len(ids) > cfg.max_length:
+            cut = len(ids) > cfg.max_length
+            if cut:
                 ids, mask = ids[: cfg.max_length], mask[: cfg.max_length]
-                chunk.truncated += 1
             if not mask.any():
                 chunk.skipped.append({**where, "reason": NO_SUPERVISED})
                 continue
+            chunk.truncated += cut
             chunk.ids.append(row["id"])
             chunk.input_ids.append(ids)
             chunk.loss_mask.append(mask)

@@ -1,0 +1,175 @@
+"""build-dataset: real ShareGPT rows, skips and report, truncation, batched == unbatched, cache keys, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+from draftsmith import resources
+from draftsmith.cli import run_command
+from draftsmith.data.build import NO_SUPERVISED, BuildConfig, build_dataset, cache_key
+from draftsmith.data.conversation import normalize_row
+from draftsmith.data.formats import iter_records
+from draftsmith.data.templates import get_template
+from tests._build_helpers import SINGLE, SYSTEM_MULTI, real_tokenizer, tokenizer_path, write_jsonl
+
+SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@pytest.fixture(scope="module")
+def sharegpt_rows() -> list[dict]:
+    """The first 120 packaged ShareGPT conversations, normalized to canonical rows."""
+    rows = []
+    for rec in itertools.islice(iter_records(resources.sharegpt_json()), 160):
+        norm = normalize_row(rec.value)
+        if norm.row is not None:
+            rows.append(norm.row)
+    return rows[:120]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Dataset caches go to tmp_path; tokenizer paths are resolved (memoized) from the real cache first."""
+    tokenizer_path("smollm2"), tokenizer_path("qwen3"), real_tokenizer("smollm2")
+    monkeypatch.setenv("DRAFTSMITH_CACHE", str(tmp_path / "cache"))
+
+
+def _cfg(data, **kw) -> BuildConfig:
+    return BuildConfig(data_path=str(data), tokenizer=str(tokenizer_path("smollm2")), **kw)
+
+
+def test_sharegpt_with_smollm2(tmp_path, sharegpt_rows):
+    data = write_jsonl(tmp_path / "sg.jsonl", sharegpt_rows)
+    result = build_dataset(_cfg(data, max_length=1024))
+    rep = result.report
+    assert rep["rows_in"] == len(sharegpt_rows) == rep["rows_out"] + rep["skipped"]
+    assert rep["skipped"] == sum(rep["skipped_by_reason"].values())
+    ds = load_from_disk(str(result.path))
+    assert ds.column_names == ["id", "input_ids", "loss_mask"] and len(ds) == rep["rows_out"]
+    tok = real_tokenizer("smollm2")
+    by_id = {r["id"]: r for r in sharegpt_rows}
+    total = supervised = checked = 0
+    for row in ds:
+        ids, mask = np.array(row["input_ids"]), np.array(row["loss_mask"])
+        assert len(ids) == len(mask) <= 1024 and set(mask.tolist()) <= {0, 1} and mask.any()
+        total, supervised = total + len(ids), supervised + int(mask.sum())
+        conv = by_id[row["id"]]["conversations"]
+        full = tok.apply_chat_template(conv, tokenize=True, return_dict=False)
+        assert ids.tolist() == list(full)[:1024]
+        if len(full) <= 1024:
+            replies = "".join(m["content"] + "<|im_end|>" for m in conv if m["role"] == "assistant")
+            assert tok.decode(ids[mask.astype(bool)].tolist()) == replies
+            checked += 1
+    assert rep["tokens"] == total and rep["supervised_tokens"] == supervised
+    assert checked > 30 and rep["truncated"] == len(ds) - checked
+
+
+def test_skips_are_counted_with_positions(tmp_path):
+    rows = [
+        {"id": "ok", "conversations": SINGLE},
+        "{not json",
+        {"id": "pre", "text": "<|im_start|>user\nhi<|im_end|>\n"},
+        {"id": "noreply", "conversations": [{"role": "user", "content": "hi"}]},
+        {"id": "long", "conversations": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]},
+    ]
+    result = build_dataset(_cfg(write_jsonl(tmp_path / "d.jsonl", rows), max_length=64, chat_template="qwen"))
+    assert result.report["rows_in"] == 5 and result.report["rows_out"] == 1
+    assert result.report["skipped_by_reason"] == {
+        "invalid JSON": 1, "pre-formatted row without --is-preformatted": 1, "no assistant reply": 1,
+        NO_SUPERVISED: 1}
+    skipped = [json.loads(x) for x in (result.path / "skipped.jsonl").read_text().splitlines()]
+    assert [(s.get("id"), s["line"]) for s in skipped] == [(None, 2), ("pre", 3), ("noreply", 4), ("long", 5)]
+    assert result.report["truncated"] == 0  # the cut row was skipped, not written
+
+
+def test_preformatted_rows(tmp_path):
+    qwen = get_template("qwen")
+    good = qwen.render(SYSTEM_MULTI).text
+    foreign = get_template("llama3").render(SINGLE).text
+    rows = [{"id": "good", "text": good}, {"id": "foreign", "text": foreign},
+            {"id": "conv", "conversations": SINGLE}]
+    result = build_dataset(_cfg(write_jsonl(tmp_path / "p.jsonl", rows), chat_template="qwen", is_preformatted=True))
+    assert result.report["rows_out"] == 1
+    reasons = result.report["skipped_by_reason"]
+    assert reasons == {"conversation row with --is-preformatted": 1,
+                       "no qwen assistant turn in text (its markers are those of llama3, llama3.1)": 1}
+    row = load_from_disk(str(result.path))[0]
+    tok = real_tokenizer("smollm2")
+    masked = [i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]
+    assert tok.decode(masked) == "Hello!<|im_end|>Blue.\n<|im_end|>"
+    # the same rows as conversations give the same tokens and mask
+    conv = build_dataset(_cfg(write_jsonl(tmp_path / "c.jsonl", [{"id": "good", "conversations": SYSTEM_MULTI}]),
+                              chat_template="qwen"))
+    assert load_from_disk(str(conv.path))[0] == row
+
+
+def test_train_only_last_turn(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": SYSTEM_MULTI}])
+    result = build_dataset(_cfg(data, train_only_last_turn=True))
+    row = load_from_disk(str(result.path))[0]
+    masked = [i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]
+    assert real_tokenizer("smollm2").decode(masked) == "Blue.\n<|im_end|>"
+
+
+def test_batched_equals_unbatched(tmp_path, sharegpt_rows):
+    data = write_jsonl(tmp_path / "sg.jsonl", sharegpt_rows[:60])
+    one = build_dataset(_cfg(data, num_proc=1, output=str(tmp_path / "one")))
+    two = build_dataset(_cfg(data, num_proc=2, output=str(tmp_path / "two")))
+    assert one.key == two.key and one.report["rows_out"] == two.report["rows_out"]
+    a, b = load_from_disk(str(one.path)), load_from_disk(str(two.path))
+    assert a.to_dict() == b.to_dict()
+
+
+def test_cache_reuse_and_invalidation(tmp_path):
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, [{"id": "a", "conversations": SYSTEM_MULTI}])
+    first = build_dataset(_cfg(data))
+    again = build_dataset(_cfg(data, num_proc=2))
+    assert again.cached and again.path == first.path and not first.cached
+    assert first.path.parent == tmp_path / "cache" / "datasets"
+    base = cache_key(_cfg(data))
+    variants = [dict(max_length=100), dict(chat_template="qwen"), dict(is_preformatted=True),
+                dict(train_only_last_turn=True), dict(system_prompt="S"), dict(use_template_system_prompt=True)]
+    keys = {cache_key(_cfg(data, **v)) for v in variants}
+    assert base not in keys and len(keys) == len(variants)
+    write_jsonl(data, [{"id": "a", "conversations": SINGLE}])
+    changed = build_dataset(_cfg(data))
+    assert changed.key != base and not changed.cached
+    other_tok = BuildConfig(data_path=str(data), tokenizer=str(tokenizer_path("qwen3")))
+    assert cache_key(other_tok) != changed.key
+
+
+def test_output_folder_is_replaced_when_inputs_change(tmp_path):
+    data = tmp_path / "d.jsonl"
+    out = tmp_path / "out"
+    write_jsonl(data, [{"id": "a", "conversations": SYSTEM_MULTI}])
+    first = build_dataset(_cfg(data, output=str(out)))
+    assert build_dataset(_cfg(data, output=str(out))).cached
+    second = build_dataset(_cfg(data, output=str(out), max_length=40))
+    assert not second.cached and second.key != first.key
+    assert all(len(r) <= 40 for r in load_from_disk(str(out))["input_ids"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_all_rows_skipped_is_an_error(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": SINGLE}])
+    with pytest.raises(Exception, match="no usable row"):
+        build_dataset(_cfg(data, is_preformatted=True))
+
+
+def test_cli(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": SYSTEM_MULTI}])
+    out = tmp_path / "out"
+    argv = ["--data-path", data, "--tokenizer", str(tokenizer_path("smollm2")), "--chat-template", "qwen",
+            "--max-length", "512", "--output", str(out), "--draft-vocab-size", "32"]
+    assert run_command("build-dataset", argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows_out"] == 1 and summary["vocab_mapping"]["target_vocab_size"] == 49152
+    assert load_from_disk(str(out)).column_names == ["id", "input_ids", "loss_mask"]
+    assert run_command("build-dataset", ["--data-path", str(tmp_path / "missing.jsonl"), "--tokenizer",
+                                         str(tokenizer_path("smollm2"))]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
