@@ -78,17 +78,25 @@ def test_ttt_mask_pattern():
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_flex_attention_matches_sdpa():
-    """The memory-efficient path (flex BlockMask) against SDPA with the explicit mask. CPU flex
-    attention has no backward, so gradients are compared on CUDA only."""
+def test_blockwise_and_flex_attention_match_sdpa():
+    """The memory-saving paths (blockwise StepPattern; flex BlockMask) against SDPA with the
+    explicit T × T·(k+1) mask. CPU flex attention has no backward, so flex gradients are
+    compared on CUDA only."""
     draft = small_draft()
     batch = _batch(t=20)
     head = torch.randn(300, 64)
+    runs = {}
+    for attention in ("sdpa", "blockwise"):
+        draft.zero_grad()
+        r = ttt_forward(draft, batch, length=4, target_head=head, attention=attention)
+        r.loss.backward()
+        runs[attention] = (r, torch.cat([p.grad.flatten() for p in draft.parameters()]))
+    torch.testing.assert_close(runs["blockwise"][0].loss, runs["sdpa"][0].loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs["blockwise"][1], runs["sdpa"][1], rtol=1e-4, atol=1e-5)
     with torch.no_grad():
-        a = ttt_forward(draft, batch, length=4, target_head=head, attention="sdpa")
         f = ttt_forward(draft, batch, length=4, target_head=head, attention="flex")
-    torch.testing.assert_close(f.loss, a.loss, rtol=1e-5, atol=1e-5)
-    assert f.correct == a.correct and f.count == a.count
+    torch.testing.assert_close(f.loss, runs["sdpa"][0].loss, rtol=1e-5, atol=1e-5)
+    assert f.correct == runs["sdpa"][0].correct and f.count == runs["sdpa"][0].count
     if not torch.cuda.is_available():
         return
     draft = draft.cuda()
@@ -165,16 +173,30 @@ def test_loss_is_weighted_mean_over_supervised_rows_and_ignores_padding():
     assert r2.count == r.count
 
 
-def test_checkpointed_logits_give_the_same_gradients():
+@pytest.mark.parametrize("signal", ["hidden", "topk"])
+def test_fused_loss_matches_plain_autograd(signal, monkeypatch):
+    """The chunked loss with its gradient taken in the forward pass: same loss, metrics and
+    gradients as ordinary autograd over the full logits (chunks of 7 rows force many chunks)."""
+    import draftsmith.train.ttt as ttt
+
+    monkeypatch.setattr(ttt, "LOGITS_CHUNK_ELEMENTS", 7 * 300)
     draft = small_draft()
-    head = torch.randn(300, 64)
     batch = _batch()
-    grads = []
-    for ckpt in (True, False):
+    head = torch.randn(300, 64) * 2
+    if signal == "topk":
+        values, ids = (batch.pop("hidden_state") @ head.T).topk(5, dim=-1)
+        batch["target_topk_ids"], batch["target_topk_logits"] = ids, values
+    results, grads = [], []
+    for fused in (True, False):
         draft.zero_grad()
-        ttt_forward(draft, batch, length=3, target_head=head, checkpoint_logits=ckpt).loss.backward()
+        r = ttt_forward(draft, batch, length=3, target_head=head, fused_loss=fused)
+        r.loss.backward()
+        results.append(r)
         grads.append(torch.cat([p.grad.flatten() for p in draft.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(results[0].loss, results[1].loss)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert results[0].correct == results[1].correct and results[0].count == results[1].count
+    assert results[0].loss_sum == pytest.approx(results[1].loss_sum, rel=1e-5)
 
 
 def test_summarize_tau_by_hand():

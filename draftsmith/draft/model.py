@@ -17,12 +17,14 @@ eval's speculative decoder keeps a KV cache.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.errors import InputError
@@ -170,8 +172,8 @@ class Eagle3Draft(nn.Module):
 
         input_ids, position_ids [B, T]; hidden [B, T, H]. Keys attended = past_kv (each
         [B, kv_heads, P, hd], post-rope) followed by this call's keys. attn_mask: bool
-        [B or 1, 1 or heads, T, P+T] (True = attend), a flex-attention BlockMask, or None
-        for causal attention over the past plus this call. Returns the pre-norm output
+        [B or 1, 1 or heads, T, P+T] (True = attend), a `StepPattern`, a flex-attention
+        BlockMask, or None for causal attention over the past plus this call. Returns the pre-norm output
         hidden [B, T, H] and this call's post-rope (k, v).
         """
         m = self.midlayer
@@ -255,8 +257,25 @@ class Eagle3Draft(nn.Module):
         return model
 
 
+@dataclass(frozen=True)
+class StepPattern:
+    """The attention of training-time test step k, without a mask tensor: the keys are k+1
+    blocks of `block` rows; row p sees block 0 causally (rows <= p) and only row p of every
+    later block (its own earlier steps)."""
+
+    block: int
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
-    """q [B, H, T, d]; k, v [B, Hkv, S, d] with S >= T (the last T keys are the queries' own)."""
+    """q [B, H, T, d]; k, v [B, Hkv, S, d] with S >= T (the last T keys are the queries' own).
+
+    attn_mask: None (causal over past + new), a bool tensor (SDPA), a `StepPattern`
+    (blockwise: T×T causal scores plus per-row diagonal scores, recomputed in backward
+    rather than stored) or a flex-attention BlockMask."""
+    if isinstance(attn_mask, StepPattern):
+        if torch.is_grad_enabled():
+            return checkpoint(_step_attention, q, k, v, attn_mask.block, use_reentrant=False)
+        return _step_attention(q, k, v, attn_mask.block)
     if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):
         return _flex_attention(q, k, v, attn_mask)
     gqa = q.shape[1] != k.shape[1]
@@ -283,3 +302,19 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
     if q.is_cuda:
         fn = _flex_attention.__dict__.setdefault("compiled", torch.compile(flex_attention, dynamic=False))
     return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
+    """StepPattern attention with grouped heads, O(T² + T·k) scores instead of O(T²·k)."""
+    b, h, _, d = q.shape
+    kvh = k.shape[1]
+    n = k.shape[2] // t
+    qg = q.reshape(b, kvh, h // kvh, t, d)
+    kb, vb = k.reshape(b, kvh, n, t, d), v.reshape(b, kvh, n, t, d)
+    scale = d ** -0.5
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    s0 = (qg @ kb[:, :, :1].transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))
+    sd = torch.einsum("bgrtd,bgntd->bgrtn", qg, kb[:, :, 1:]) * scale
+    p = torch.cat([s0, sd], dim=-1).softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+    out = p[..., :t] @ vb[:, :, :1] + torch.einsum("bgrtn,bgntd->bgrtd", p[..., t:], vb[:, :, 1:])
+    return out.reshape(b, h, t, d)

@@ -48,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON file overriding fields of the draft config derived from the target")
     m.add_argument("--ttt-length", type=int)
     m.add_argument("--loss-decay", type=float, help="weight of step k is decay**k")
-    m.add_argument("--attention", choices=["auto", "sdpa", "flex"],
-                   help="auto: flex attention on CUDA, SDPA with an explicit mask elsewhere")
+    m.add_argument("--attention", choices=["auto", "blockwise", "sdpa", "flex"],
+                   help="TTT attention: flex (CUDA kernel, block-sparse), blockwise (causal + diagonal "
+                        "scores), sdpa (explicit mask, reference); auto = flex on CUDA, else blockwise")
     o = p.add_argument_group("optimization")
     o.add_argument("--num-epochs", type=int)
     o.add_argument("--max-steps", type=int,

@@ -71,7 +71,7 @@ class TrainConfig:
     dtype: str = "bfloat16"                       # target dtype (online) / embeddings dtype
     device: str | None = None                     # None: cuda:<local rank> if available, else cpu
     parallel: str = "ddp"                         # ddp | fsdp
-    attention: str = "auto"                       # auto | sdpa | flex
+    attention: str = "auto"                       # auto (flex on CUDA, else blockwise) | blockwise | sdpa | flex
     report_to: str = "none"                       # none | tensorboard | wandb
     resume: str | None = None                     # "latest" or a checkpoint folder
     trust_remote_code: bool = False
@@ -91,8 +91,8 @@ class TrainConfig:
                 raise InputError("must be >= 1", field="--" + name.replace("_", "-"))
         if self.parallel not in ("ddp", "fsdp"):
             raise InputError("must be ddp or fsdp", field="--parallel")
-        if self.attention not in ("auto", "sdpa", "flex"):
-            raise InputError("must be auto, sdpa or flex", field="--attention")
+        if self.attention not in ("auto", "blockwise", "sdpa", "flex"):
+            raise InputError("must be auto, blockwise, sdpa or flex", field="--attention")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise InputError("must be none, tensorboard or wandb", field="--report-to")
 
@@ -340,7 +340,7 @@ class Trainer:
         cfg = self.cfg
         attention = cfg.attention
         if attention == "auto":
-            attention = "flex" if self.device.type == "cuda" else "sdpa"
+            attention = "flex" if self.device.type == "cuda" else "blockwise"
         module = TTTModule(self.draft, self.target_head, cfg.ttt_length, cfg.loss_decay, attention)
         self.module = module
         if self.info.world_size > 1:

@@ -18,8 +18,9 @@ draft context (token 1 is the target's own first prediction at serving time).
 
 The target rows needed are the same at every step: positions q with loss_mask[q+1] = 1
 (the feature store's top-K rows). They are computed once per batch, over the draft
-vocabulary only; the draft's logits are computed per step for supervised rows only,
-inside activation checkpointing, so full-vocab fp32 logits never exist for all steps.
+vocabulary only. The draft's logits are computed for supervised rows only, after the
+unroll, by one fused loss over all steps' rows in chunks whose gradient is taken in the
+forward pass: logits never exist for more than one chunk of rows.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from draftsmith.draft.model import Eagle3Draft
+from draftsmith.draft.model import Eagle3Draft, StepPattern
+
+LOGITS_CHUNK_ELEMENTS = 1 << 24   # rows per loss chunk = this / draft vocab (64 MiB of fp32 logits)
 
 
 @dataclass
@@ -81,17 +83,58 @@ def ttt_block_mask(t: int, k: int, device: torch.device):
     return create_block_mask(mask_mod, None, None, t, t * (k + 1), device=device)
 
 
-def _soft_ce(draft: Eagle3Draft, out_rows: torch.Tensor, target_logp: torch.Tensor | None,
-             topk_ids: torch.Tensor | None, topk_logp: torch.Tensor | None,
-             target_argmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ soft CE, #argmax matches) for supervised rows; logits live only inside this call."""
-    logp = F.log_softmax(draft.logits(out_rows).float(), dim=-1)
+class FusedSoftCE(torch.autograd.Function):
+    """Σ_rows w_row · softCE(x_row @ Wᵀ, target_row), with the gradient computed in the forward
+    pass chunk by chunk: logits exist for one chunk of rows at a time and nothing of them is
+    kept for backward (only grad_x [N, H] and grad_W [Vd, H]). Returns (loss, per-row CE,
+    per-row argmax); the last two carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, row_weight, target_logp, topk_ids, topk_logp, chunk: int):
+        n = x.shape[0]
+        w = weight.to(x.dtype)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        ce_all = torch.empty(n, dtype=torch.float32, device=x.device)
+        pred = torch.empty(n, dtype=torch.long, device=x.device)
+        for a in range(0, n, chunk):
+            xc = x[a:a + chunk]
+            logits = (xc @ w.T).float()
+            pred[a:a + chunk] = logits.argmax(-1)
+            grad = F.log_softmax(logits, dim=-1)
+            del logits
+            if target_logp is not None:
+                tp = target_logp[a:a + chunk].exp()
+                ce_all[a:a + chunk] = -(tp * grad).sum(-1)
+                grad.exp_().sub_(tp)                        # softmax - p  (Σp = 1)
+            else:
+                ids, tp = topk_ids[a:a + chunk], topk_logp[a:a + chunk].exp()
+                ce_all[a:a + chunk] = -(tp * grad.gather(-1, ids)).sum(-1)
+                grad.exp_().scatter_add_(-1, ids, -tp)
+            grad.mul_(row_weight[a:a + chunk, None])
+            g = grad.to(x.dtype)
+            grad_x[a:a + chunk] = g @ w
+            grad_w += (g.T @ xc).float()
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(ce_all, pred)
+        return (ce_all * row_weight).sum(), ce_all, pred
+
+    @staticmethod
+    def backward(ctx, g_loss, g_ce, g_pred):
+        grad_x, grad_w = ctx.saved_tensors
+        return (grad_x * g_loss.to(grad_x.dtype), (grad_w * g_loss).to(ctx.weight_dtype),
+                None, None, None, None, None)
+
+
+def _plain_soft_ce(x, weight, row_weight, target_logp, topk_ids, topk_logp, chunk):
+    """The same as FusedSoftCE with ordinary autograd (reference for tests)."""
+    logp = F.log_softmax((x @ weight.to(x.dtype).T).float(), dim=-1)
     if target_logp is not None:
         ce = -(target_logp.exp() * logp).sum(-1)
     else:
         ce = -(topk_logp.exp() * logp.gather(-1, topk_ids)).sum(-1)
-    correct = (logp.detach().argmax(-1) == target_argmax).sum()
-    return ce.sum(), correct
+    return (ce * row_weight).sum(), ce.detach(), logp.detach().argmax(-1)
 
 
 def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +145,7 @@ def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int) -> tuple[torch
 
 
 def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch.Tensor, length: int,
-           attention: str = "sdpa") -> Iterator[tuple[int, torch.Tensor]]:
+           attention: str = "blockwise") -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (k, pre-norm output [B, T, H]) for steps 0..length-1 of the TTT unroll."""
     t = input_ids.shape[1]
     hidden = draft.project(aux_hidden_states)
@@ -113,8 +156,12 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
             mask = None                                                 # plain causal
         elif attention == "flex":
             mask = ttt_block_mask(t, k, input_ids.device)
-        else:
+        elif attention == "sdpa":
             mask = ttt_mask(t, k, input_ids.device)
+        elif attention == "blockwise":
+            mask = StepPattern(t)
+        else:
+            raise ValueError(f"unknown TTT attention {attention!r} (blockwise, sdpa, flex)")
         past = None if past_k is None else (past_k, past_v)
         out, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=past)
         past_k = key if past_k is None else torch.cat([past_k, key], dim=2)
@@ -124,14 +171,17 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
 
 
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
-                target_head: torch.Tensor | None = None, attention: str = "sdpa",
-                checkpoint_logits: bool = True) -> TTTResult:
+                target_head: torch.Tensor | None = None, attention: str = "blockwise",
+                fused_loss: bool = True) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
     either hidden_state [B, T, Ht] (with `target_head` = the target lm_head rows of the draft
     vocab, [Vd, Ht]) or target_topk_ids / target_topk_logits [B, T, K] (draft-vocab ids).
-    attention: "sdpa" (explicit bool mask) or "flex" (BlockMask; memory-efficient on CUDA).
+    attention: "blockwise" (StepPattern: causal T×T + diagonal scores, recomputed in
+    backward), "sdpa" (explicit T × T·(k+1) bool mask; the reference) or "flex" (BlockMask;
+    the memory-efficient kernel on CUDA). fused_loss=False uses plain autograd for the loss
+    (reference for tests; keeps every step's logits).
     """
     input_ids = batch["input_ids"]
     attention_mask = batch.get("attention_mask")
@@ -152,30 +202,34 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             target_logp = F.log_softmax((hs.to(target_head.dtype) @ target_head.T).float(), dim=-1)
             target_argmax = target_logp.argmax(-1)
 
-    total = torch.zeros((), dtype=torch.float32, device=input_ids.device)
-    result = TTTResult(loss=total)
+    rows_x, row_w, step_of_row, counts = [], [], [], []
+    pad = torch.zeros((), device=input_ids.device)
     for k, out in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention):
         keep, rows_p = step_rows(qb, qq, k)
         n = int(keep.sum())
+        counts.append(n)
+        pad = pad + 0.0 * out.sum()          # every step in the graph even without rows (DDP)
         if n:
-            args = (draft, out[qb[keep], rows_p],
-                    None if target_logp is None else target_logp[keep],
-                    None if topk_ids is None else topk_ids[keep],
-                    None if topk_logp is None else topk_logp[keep],
-                    target_argmax[keep])
-            if checkpoint_logits and torch.is_grad_enabled():
-                ce_sum, correct = checkpoint(_soft_ce, *args, use_reentrant=False)
-            else:
-                ce_sum, correct = _soft_ce(*args)
-            total = total + (decay ** k) * ce_sum / n
-            result.loss_sum.append(float(ce_sum.detach()))
-            result.correct.append(int(correct))
-        else:
-            total = total + 0.0 * out.sum()   # keep every parameter in the graph (DDP)
-            result.loss_sum.append(0.0)
-            result.correct.append(0)
-        result.count.append(n)
-    result.loss = total
+            rows_x.append(draft.norm(out[qb[keep], rows_p]))
+            row_w.append(torch.full((n,), decay ** k / n, device=out.device))
+            step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
+    result = TTTResult(loss=pad, count=counts)
+    if not rows_x:
+        result.loss_sum, result.correct = [0.0] * length, [0] * length
+        return result
+    keep_all = torch.cat([step_rows(qb, qq, k)[0].nonzero().flatten() for k in range(length)])
+    x = torch.cat(rows_x)
+    args = (x, draft.lm_head.weight, torch.cat(row_w),
+            None if target_logp is None else target_logp[keep_all],
+            None if topk_ids is None else topk_ids[keep_all],
+            None if topk_logp is None else topk_logp[keep_all],
+            max(1, LOGITS_CHUNK_ELEMENTS // draft.config.draft_vocab_size))
+    loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
+    steps = torch.cat(step_of_row)
+    hit = (pred == target_argmax[keep_all]).long()
+    result.loss = loss + pad
+    result.loss_sum = torch.zeros(length, dtype=torch.float64).index_add_(0, steps.cpu(), ce.double().cpu()).tolist()
+    result.correct = torch.zeros(length, dtype=torch.long).index_add_(0, steps.cpu(), hit.cpu()).tolist()
     return result
 
 
