@@ -10,33 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _export_helpers import AUX, DRAFT_VOCAB, make_checkpoint
 from draftsmith import cli
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import InputError
 from draftsmith.export import ExportConfig, check_config, check_folder, export_checkpoint, load_target_config
-
-AUX = [1, 2, 3]          # a 4-layer target: the default [2, L//2, L-3] = [2, 2, 1] is not three layers
-DRAFT_VOCAB = 512
-
-
-def _vocab_mapping(vocab: int, draft_vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A non-identity mapping: the draft keeps every third target id."""
-    target_ids = torch.arange(draft_vocab) * 3
-    t2d = torch.zeros(vocab, dtype=torch.bool)
-    t2d[target_ids] = True
-    return target_ids - torch.arange(draft_vocab), t2d
-
-
-def make_checkpoint(target_dir: Path, out: Path) -> Path:
-    """What the trainer writes: Eagle3Draft.save_pretrained of a draft for the tiny target."""
-    from transformers import AutoConfig
-
-    cfg = Eagle3Config.from_target_config(AutoConfig.from_pretrained(target_dir), draft_vocab_size=DRAFT_VOCAB,
-                                          aux_layer_ids=AUX)
-    draft = Eagle3Draft(cfg)
-    draft.set_vocab_mapping(*_vocab_mapping(cfg.vocab_size, DRAFT_VOCAB))
-    return draft.save_pretrained(out)
 
 
 @pytest.fixture(scope="module")

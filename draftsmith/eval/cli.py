@@ -1,0 +1,216 @@
+"""`draftsmith eval`: acceptance length, speedup and a lossless check by real speculative decoding.
+
+The target is loaded with transformers, the draft from its exported folder (validated by
+`draftsmith.export` first, so a folder that would serve garbage is refused here too).
+Every turn is decoded twice, plainly and speculatively, interleaved so machine load hits
+both alike; the outputs must be token-identical. MT-bench's second turn follows the
+model's own first answer. Exit status 1 on any lossless mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from draftsmith.errors import DraftsmithError
+from draftsmith.eval import benchmarks as bench
+from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
+from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EvalConfig:
+    target_model_path: Path
+    draft_model_path: Path | None
+    benchmarks: list[str]
+    num_steps: list[int] = field(default_factory=lambda: [5])
+    topk: int = 1
+    num_draft_tokens: int | None = None
+    max_new_tokens: int = 128
+    limit: int | None = None
+    output: Path = Path("report.json")
+    metrics: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    backend: str = "hf"
+    server_url: str | None = None
+    trust_remote_code: bool = False
+
+
+def eos_ids(tokenizer, model) -> tuple[int, ...]:
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return tuple(sorted(ids))
+
+
+def render(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The prompt text with the target tokenizer's chat template (plain turns for a base model)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None)).input_ids
+
+
+def load_models(cfg: EvalConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from draftsmith.draft.model import Eagle3Draft
+    from draftsmith.export import check_folder
+
+    if cfg.dtype not in DTYPES:
+        raise DraftsmithError(f"unknown --dtype {cfg.dtype!r}: choose one of {sorted(DTYPES)}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DraftsmithError("--device cuda asked for, but CUDA is not available")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(cfg.target_model_path), dtype=DTYPES[cfg.dtype],
+                                                     trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise DraftsmithError(f"cannot load target model {cfg.target_model_path}: {e}") from None
+    model = model.to(cfg.device).eval()
+    if cfg.draft_model_path is None:
+        return tokenizer, model, None
+    report = check_folder(cfg.draft_model_path, model.config)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    report.raise_if_invalid()
+    draft = Eagle3Draft.from_pretrained(cfg.draft_model_path, dtype=DTYPES[cfg.dtype])
+    draft = draft.to(cfg.device).eval()
+    draft.load_embeddings(model.get_input_embeddings().weight)
+    return tokenizer, model, draft
+
+
+def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, Any]:
+    """Decode every benchmark turn plainly and with each K; the report dict (see report.py)."""
+    eos = eos_ids(tokenizer, model)
+    aux_layers = list(draft.config.aux_layer_ids)
+    spec_cfgs = [SpecConfig(num_steps=k, topk=cfg.topk, num_draft_tokens=cfg.num_draft_tokens,
+                            max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos) for k in cfg.num_steps]
+    warm = encode(tokenizer, render(tokenizer, [{"role": "user", "content": "Hello"}]))
+    greedy_generate(model, warm, 4, eos)
+    speculative_generate(model, draft, warm, SpecConfig(num_steps=2, topk=cfg.topk, max_new_tokens=4), aux_layers)
+    summaries, lossless = [], True
+    for name in cfg.benchmarks:
+        prompts = bench.load(name, cfg.limit)
+        results = [BenchmarkResult(name, s.num_steps, s.topk, s.tree_size + 1 if s.num_steps else 1) for s in spec_cfgs]
+        for p_index, prompt in enumerate(prompts):
+            messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+            for turn, text in enumerate(prompt.turns):
+                messages.append({"role": "user", "content": text})
+                ids = encode(tokenizer, render(tokenizer, messages))
+                plain = greedy_generate(model, ids, cfg.max_new_tokens, eos)
+                for s, result in zip(spec_cfgs, results):
+                    spec = speculative_generate(model, draft, ids, s, aux_layers)
+                    result.turns.append(TurnResult(prompt.id, turn, len(ids), spec, plain))
+                    if spec.tokens != plain.tokens:
+                        log(f"LOSSLESS MISMATCH: {prompt.id} turn {turn} K={s.num_steps}")
+                messages.append({"role": "assistant",
+                                 "content": tokenizer.decode(plain.tokens, skip_special_tokens=True)})
+            done = [summarize(r) for r in results]
+            log(f"[{name} {p_index + 1}/{len(prompts)}] " +
+                "  ".join(f"K={d['num_steps']}: tau {d['tau'] or 0:.2f} speedup {d['speedup'] or 0:.2f}" for d in done))
+        for r in results:
+            s = summarize(r)
+            lossless &= bool(s["lossless"])
+            summaries.append(s)
+    return {"config": _config_record(cfg), "benchmarks": summaries, "lossless": lossless}
+
+
+def _config_record(cfg: EvalConfig) -> dict[str, Any]:
+    return {"target_model_path": str(cfg.target_model_path), "draft_model_path": str(cfg.draft_model_path),
+            "benchmarks": cfg.benchmarks, "num_steps": cfg.num_steps, "topk": cfg.topk,
+            "num_draft_tokens": cfg.num_draft_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
+            "device": cfg.device, "dtype": cfg.dtype, "backend": cfg.backend,
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
+    """The same prompts sent to a running SGLang server; its acceptance length per benchmark."""
+    from draftsmith.eval import sglang_client
+
+    summaries = []
+    for name in cfg.benchmarks:
+        replies = []
+        for prompt in bench.load(name, cfg.limit):
+            messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+            for text in prompt.turns:
+                messages.append({"role": "user", "content": text})
+                reply = sglang_client.generate(cfg.server_url, render(tokenizer, messages), cfg.max_new_tokens)
+                replies.append(reply)
+                messages.append({"role": "assistant", "content": reply.text})
+        summaries.append(sglang_client.summarize(name, replies))
+        log(f"[{name}] served tau_sglang {summaries[-1]['tau_sglang']}")
+    return {"config": _config_record(cfg), "benchmarks": summaries}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target-model-path", type=Path, required=True, help="HF target folder or hub name")
+    parser.add_argument("--draft-model-path", type=Path, default=None, help="exported draft folder")
+    parser.add_argument("--benchmark", nargs="+", required=True, metavar="NAME",
+                        help="mtbench | gsm8k | humaneval | FILE.jsonl (several allowed)")
+    parser.add_argument("--num-steps", type=int, nargs="+", default=[5], metavar="K",
+                        help="draft depth per verify step (several values share the plain baseline)")
+    parser.add_argument("--topk", type=int, default=1, help="tree branching; 1 = chain drafting")
+    parser.add_argument("--num-draft-tokens", type=int, default=None,
+                        help="tree nodes verified per step + 1, as SGLang's flag (default K*topk+1)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=None, help="first M prompts of each benchmark")
+    parser.add_argument("--output", type=Path, default=Path("report.json"),
+                        help="report JSON; .md and .png are written beside it")
+    parser.add_argument("--metrics", type=Path, default=None, help="training metrics.jsonl to plot")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="float32 keeps the lossless check exact; bf16 batched-vs-single forwards can differ")
+    parser.add_argument("--backend", choices=["hf", "sglang"], default="hf")
+    parser.add_argument("--server-url", default=None, help="running SGLang server for --backend sglang")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = EvalConfig(target_model_path=args.target_model_path, draft_model_path=args.draft_model_path,
+                     benchmarks=args.benchmark, num_steps=args.num_steps, topk=args.topk,
+                     num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                     output=args.output, metrics=args.metrics, device=args.device, dtype=args.dtype,
+                     backend=args.backend, server_url=args.server_url, trust_remote_code=args.trust_remote_code)
+    for name in cfg.benchmarks:
+        bench.load(name, 0)   # fail on a bad benchmark name before loading models
+    if cfg.backend == "sglang":
+        if not cfg.server_url:
+            raise DraftsmithError("--backend sglang needs --server-url")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
+        report = evaluate_sglang(cfg, tokenizer)
+        from draftsmith.fsutil import write_json_atomic
+
+        write_json_atomic(cfg.output, report)
+        print(f"wrote {cfg.output}")
+        return 0
+    if cfg.draft_model_path is None:
+        raise DraftsmithError("--draft-model-path is required with --backend hf")
+    tokenizer, model, draft = load_models(cfg)
+    report = evaluate(cfg, tokenizer, model, draft)
+    paths = write_report(report, cfg.output, cfg.metrics)
+    print(markdown_table(report["benchmarks"]), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if not report["lossless"]:
+        print("error: speculative output differs from plain greedy decoding", file=sys.stderr)
+        return 1
+    return 0
