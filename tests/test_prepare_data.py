@@ -148,6 +148,27 @@ def test_hub_path_uses_load_dataset_with_the_preset_split(tmp_path, monkeypatch)
     assert calls == [("openai/gsm8k", "main", "train")]
 
 
+def test_any_chat_shaped_hub_dataset_by_name(tmp_path, monkeypatch):
+    import datasets
+
+    rows = [{"prompt": "q", "prompt_id": "p1", "category": "Chat",
+             "messages": conv(("user", "q"), ("assistant", "a"))},
+            {"id": "keep", "conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]}]
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        return rows  # a list of dicts iterates like a Dataset (mixed row shapes do not fit one Arrow schema)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    result = prepare(tmp_path, "HuggingFaceH4/no_robots", [], split="train_sft")
+    assert calls == [("HuggingFaceH4/no_robots", None, "train_sft")]
+    assert result.out_dir.name == "no_robots"
+    assert read_jsonl(result.train_path) == [
+        {"id": "no_robots-0", "conversations": conv(("user", "q"), ("assistant", "a"))},
+        {"id": "keep", "conversations": conv(("user", "q2"), ("assistant", "a2"))}]
+
+
 def test_hub_unreachable_names_the_dataset_and_data_path(tmp_path, monkeypatch, capsys):
     import datasets
 
@@ -384,7 +405,7 @@ def test_bad_settings_are_errors(tmp_path):
                         ({"split": "test"}, "--split")]:
         with pytest.raises(DraftsmithError, match=message):
             prepare(tmp_path, "custom", [path], **kw)
-    with pytest.raises(DraftsmithError, match="unknown dataset 'nope'.*ultrachat"):
+    with pytest.raises(DraftsmithError, match="unknown dataset 'nope'.*ultrachat.*org/name"):
         prepare(tmp_path, "nope", [path])
     with pytest.raises(DraftsmithError, match="local-only"):
         prepare(tmp_path, "custom", [])

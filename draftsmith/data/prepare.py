@@ -74,7 +74,8 @@ class PrepareResult:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     presets = ", ".join(PRESETS)
     parser.add_argument("--dataset", default=None,
-                        help=f"preset name ({presets}); default 'custom' when --data-path is given")
+                        help=f"preset name ({presets}) or a hub dataset 'org/name' whose rows are already "
+                             "chat-shaped; default 'custom' when --data-path is given")
     parser.add_argument("--data-path", nargs="+", type=Path, default=[], metavar="FILE",
                         help="local .json/.jsonl/.parquet file(s) or folder(s) in the preset's row shape, "
                              "read instead of the hub")
@@ -119,7 +120,7 @@ def prepare_data(cfg: PrepareConfig) -> PrepareResult:
     if cfg.split:
         preset = dataclasses.replace(preset, split=cfg.split)
     files = _expand_paths(cfg.data_path)
-    name = cfg.name or preset.name
+    name = cfg.name or preset.name.rsplit("/", 1)[-1]  # "org/name" hub datasets -> "name"
     parent = Path(cfg.output_path) if cfg.output_path is not None else resources.cache_root() / "dataset"
     out_dir = parent / name
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
@@ -211,13 +212,13 @@ def _process(record: Record, ordinal: int, to_row: Callable[[object, int], objec
     return ("skip", entry)
 
 
-def _batch_results(preset_name: str, sources: list, worker: int = 0, num_workers: int = 1) -> Iterator[list[tuple]]:
+def _batch_results(to_row: Callable[[object, int], object], sources: list, worker: int = 0,
+                   num_workers: int = 1) -> Iterator[list[tuple]]:
     """Read every input row; normalize batches b with b % num_workers == worker.
 
     A row's ordinal is its position among all input rows (parsed or not), so positional
     ids depend neither on batching nor on --num-proc.
     """
-    to_row = PRESETS[preset_name].to_row
     records = itertools.chain.from_iterable(open_records() for open_records in sources)
     for b in itertools.count():
         batch = list(itertools.islice(records, BATCH_ROWS))
@@ -228,9 +229,9 @@ def _batch_results(preset_name: str, sources: list, worker: int = 0, num_workers
             yield [_process(record, first + i, to_row) for i, record in enumerate(batch)]
 
 
-def _worker(preset_name: str, sources: list, worker: int, num_workers: int, queue) -> None:
+def _worker(to_row: Callable[[object, int], object], sources: list, worker: int, num_workers: int, queue) -> None:
     try:
-        for results in _batch_results(preset_name, sources, worker, num_workers):
+        for results in _batch_results(to_row, sources, worker, num_workers):
             queue.put(results)
         queue.put(None)
     except BaseException as e:  # hand the failure to the parent instead of dying silently
@@ -238,7 +239,7 @@ def _worker(preset_name: str, sources: list, worker: int, num_workers: int, queu
         queue.put(("error", user_error, str(e) if user_error else f"{type(e).__name__}: {e}"))
 
 
-def _normalized(preset_name: str, sources: list, num_proc: int) -> Iterator[tuple]:
+def _normalized(to_row: Callable[[object, int], object], sources: list, num_proc: int) -> Iterator[tuple]:
     """Per-row results in input order.
 
     With num_proc > 1 every worker reads the whole input (parsing is cheap next to
@@ -246,12 +247,12 @@ def _normalized(preset_name: str, sources: list, num_proc: int) -> Iterator[tupl
     encoded output crosses process boundaries, and bounded queues keep memory flat.
     """
     if num_proc == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for results in _batch_results(preset_name, sources):
+        for results in _batch_results(to_row, sources):
             yield from results
         return
     ctx = multiprocessing.get_context("fork")
     queues = [ctx.Queue(maxsize=4) for _ in range(num_proc)]
-    procs = [ctx.Process(target=_worker, args=(preset_name, sources, k, num_proc, queues[k]), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(to_row, sources, k, num_proc, queues[k]), daemon=True)
              for k in range(num_proc)]
     for proc in procs:
         proc.start()
@@ -285,7 +286,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
     with open(rows_path, "wb") as out, \
             open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n") as skipped, \
             tqdm(desc=f"prepare-data {name}", unit=" rows", disable=_no_bar(cfg), file=sys.stderr) as bar:
-        for result in _normalized(preset.name, sources, cfg.num_proc):
+        for result in _normalized(preset.to_row, sources, cfg.num_proc):
             read += 1
             bar.update()
             if result[0] == "skip":

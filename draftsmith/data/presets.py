@@ -47,9 +47,16 @@ def register(preset: Preset) -> Preset:
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise DraftsmithError(f"unknown dataset {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    """A registered preset, or for "org/name" any hub dataset already in a chat shape
+    (canonical, "messages", ShareGPT or pre-formatted rows), split "train"."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if "/" in name:
+        prefix = name.rsplit("/", 1)[-1]
+        return Preset(name, name, "train", lambda raw, n: _id_if_missing(prefix, raw, n),
+                      description="hub dataset in a chat shape")
+    raise DraftsmithError(f"unknown dataset {name!r}; presets: {', '.join(sorted(PRESETS))}, "
+                          f"or a hub name 'org/name' whose rows are already chat-shaped")
 
 
 def qa_row(prefix: str, ordinal: int, question: object, answer: object) -> dict:
@@ -60,6 +67,13 @@ def qa_row(prefix: str, ordinal: int, question: object, answer: object) -> dict:
 
 
 def _passthrough(raw: object, ordinal: int) -> object:
+    return raw
+
+
+def _id_if_missing(prefix: str, raw: object, ordinal: int) -> object:
+    """Hub chat sets often have no id column: give such rows a positional one."""
+    if isinstance(raw, dict) and raw.get("id") is None:
+        return {**raw, "id": f"{prefix}-{ordinal}"}
     return raw
 
 
