@@ -430,3 +430,17 @@ def test_a_failing_worker_stops_the_run_with_its_error(tmp_path, monkeypatch):
         # the previous output is untouched and no staging folder is left behind
         assert old.read_text(encoding="utf-8") == "previous run\n"
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["broken"]
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    from draftsmith.data import presets
+
+    def dies(raw, ordinal):
+        if ordinal == 300:  # in the second batch: the second worker's
+            os._exit(9)
+        return raw
+
+    monkeypatch.setitem(presets.PRESETS, "dies", presets.Preset("dies", None, "train", dies))
+    path = write_jsonl(tmp_path / "a.jsonl", [{**GOOD, "id": str(i)} for i in range(600)])
+    with pytest.raises(RuntimeError, match="worker died"):
+        prepare(tmp_path, "dies", [path], num_proc=2)

@@ -29,6 +29,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Callable, Iterator
 
 from tqdm import tqdm
@@ -242,9 +243,9 @@ def _worker(to_row: Callable[[object, int], object], sources: list, worker: int,
 def _normalized(to_row: Callable[[object, int], object], sources: list, num_proc: int) -> Iterator[tuple]:
     """Per-row results in input order.
 
-    With num_proc > 1 every worker reads the whole input (parsing is cheap next to
-    normalizing and encoding) and normalizes every num_proc-th batch; nothing but the
-    encoded output crosses process boundaries, and bounded queues keep memory flat.
+    With num_proc > 1 every worker reads the whole input (parsing is about a third of the
+    per-row work) and normalizes every num_proc-th batch; nothing but the encoded output
+    crosses process boundaries, and bounded queues keep memory flat.
     """
     if num_proc == 1 or "fork" not in multiprocessing.get_all_start_methods():
         for results in _batch_results(to_row, sources):
@@ -258,7 +259,7 @@ def _normalized(to_row: Callable[[object, int], object], sources: list, num_proc
         proc.start()
     try:
         for b in itertools.count():
-            item = queues[b % num_proc].get()
+            item = _receive(queues[b % num_proc], procs[b % num_proc])
             if item is None:
                 return
             if isinstance(item, tuple):
@@ -270,6 +271,19 @@ def _normalized(to_row: Callable[[object, int], object], sources: list, num_proc
             if proc.is_alive():
                 proc.terminate()
             proc.join()
+
+
+def _receive(queue, proc):
+    """The worker's next item; a worker killed from outside (OOM, signal) is an error, not a hang."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            if not proc.is_alive():
+                try:
+                    return queue.get(timeout=1.0)  # whatever it flushed before exiting
+                except Empty:
+                    raise RuntimeError(f"a prepare-data worker died (exit code {proc.exitcode})") from None
 
 
 # ----------------------------------------------------------------- writing
