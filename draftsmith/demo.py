@@ -37,7 +37,7 @@ TRAIN_SAVE_INTERVAL = 200
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Every setting that changes what the demo produces (the stage keys hash these)."""
+    """The demo's settings; each stage's key hashes those that change its output (not `device`)."""
 
     target_model_path: str | None = None  # None: the packaged SmolLM2-135M-Instruct
     num_conversations: int = 1000
@@ -81,6 +81,7 @@ class Stage:
     settings: tuple[str, ...]  # DemoConfig fields that change this stage's output
     outputs: tuple[str, ...]  # paths under the run folder this stage owns (removed when its key changes)
     run: Callable[[StageContext], dict]
+    still_valid: Callable[[dict], bool] = lambda result: True  # is a finished stage's result still there?
 
 
 class StageFailed(DraftsmithError):
@@ -108,14 +109,21 @@ def _quote(arg: str) -> str:
 
 
 def stage_model(ctx: StageContext) -> dict:
-    if ctx.config.target_model_path:
-        path = Path(ctx.config.target_model_path)
-        if not (path / "config.json").exists():
-            raise DraftsmithError(f"--target-model-path {path}: no config.json there")
-    else:
+    name = ctx.config.target_model_path
+    if name is None:
         print("  SmolLM2-135M-Instruct: converting the packaged GGUF once (cached in cache/models)", flush=True)
-        path = resources.smollm2_dir()
-    return {"model_path": str(path.resolve())}
+        return {"model_path": str(resources.smollm2_dir().resolve())}
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise DraftsmithError(f"--target-model-path {path}: a folder without config.json")
+        return {"model_path": str(path.resolve())}
+    return {"model_path": name}  # a hub name: the stages load it from the hub
+
+
+def _model_still_there(result: dict) -> bool:
+    path = Path(result["model_path"])
+    return not path.is_absolute() or (path / "config.json").exists()
 
 
 def stage_prepare_data(ctx: StageContext) -> dict:
@@ -213,7 +221,7 @@ _DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "epochs", "batch_size", 
 _EVAL = _DRAFT + ("num_steps", "eval_questions", "max_new_tokens")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("model", "target model", ("target_model_path",), (), stage_model),
+    Stage("model", "target model", ("target_model_path",), (), stage_model, _model_still_there),
     Stage("prepare-data", "ShareGPT -> conversations JSONL", _DATA, ("data",), stage_prepare_data),
     Stage("build-dataset", "chat template + loss masks -> tokenized dataset", _TOKENS, ("dataset",),
           stage_build_dataset),
@@ -270,8 +278,8 @@ def run_stages(config: DemoConfig, run_dir: Path, stages: tuple[Stage, ...] = ST
     for number, stage in enumerate(stages, 1):
         head = f"[{number}/{len(stages)}] {stage.name}: {stage.title}"
         record = records.get(stage.name)
-        outputs_there = all((run_dir / rel).exists() for rel in stage.outputs)
-        if record and record["key"] == keys[stage.name] and record["status"] == "done" and outputs_there:
+        if (record and record["key"] == keys[stage.name] and record["status"] == "done"
+                and all((run_dir / rel).exists() for rel in stage.outputs) and stage.still_valid(record["result"])):
             print(f"{head} - done earlier ({_fmt_seconds(record['seconds'])}), skipped", flush=True)
             results[stage.name] = record["result"]
             continue

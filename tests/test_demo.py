@@ -113,6 +113,24 @@ def test_stage_whose_output_vanished_reruns(tmp_path):
     assert rec.calls == [("b", False)]  # same key downstream: c and d stay valid
 
 
+def test_finished_stage_whose_result_is_no_longer_valid_reruns(tmp_path):
+    rec = Recorder()
+    a, b, c, d = rec.pipeline()
+    cache = tmp_path / "model_cache"
+    cache.mkdir()
+
+    def model(ctx):
+        rec.calls.append(("model", ctx.resuming))
+        return {"model_path": str(cache)}
+
+    stages = (demo.Stage("model", "fake model", (), (), model, lambda r: Path(r["model_path"]).exists()), a, b)
+    demo.run_stages(demo.QUICK, tmp_path / "run", stages)
+    cache.rmdir()
+    rec.calls.clear()
+    demo.run_stages(demo.QUICK, tmp_path / "run", stages)
+    assert rec.calls == [("model", False)]
+
+
 def test_device_is_not_part_of_the_keys():
     assert demo.stage_keys(demo.DEFAULT, demo.STAGES) == demo.stage_keys(replace(demo.DEFAULT, device="cuda"),
                                                                          demo.STAGES)
