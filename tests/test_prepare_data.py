@@ -230,11 +230,18 @@ def test_question_answer_presets_on_their_row_shapes(tmp_path):
     assert read_jsonl(mc.train_path)[0]["conversations"][1]["content"] == "```python\nxs[::-1]\n```"
 
 
-def test_positional_ids_count_unreadable_rows(tmp_path):
-    path = write_jsonl(tmp_path / "q.jsonl", [{"question": "a", "answer": "b"}, "{broken", {"question": "c", "answer": "d"}])
-    for num_proc in (1, 2):
-        result = prepare(tmp_path, "gsm8k", [path], num_proc=num_proc)
-        assert [r["id"] for r in read_jsonl(result.train_path)] == ["gsm8k-0", "gsm8k-2"]
+def test_positional_ids_count_unreadable_rows_across_files_and_workers(tmp_path):
+    qa = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(600)]
+    first = write_jsonl(tmp_path / "1.jsonl", qa[:100] + ["{broken"] + qa[100:299])
+    second = write_jsonl(tmp_path / "2.jsonl", qa[299:])
+    outputs = []
+    for num_proc in (1, 2, 3):
+        result = prepare(tmp_path, "gsm8k", [first, second], num_proc=num_proc, output_path=tmp_path / str(num_proc))
+        ids = [r["id"] for r in read_jsonl(result.train_path)]
+        assert ids == [f"gsm8k-{n}" for n in range(601) if n != 100]
+        assert read_jsonl(result.skipped_path)[0]["line"] == 101
+        outputs.append([p.read_bytes() for p in sorted(result.out_dir.iterdir())])
+    assert outputs[0] == outputs[1] == outputs[2]
 
 
 # ------------------------------------------------------------------ malformed rows and the policy

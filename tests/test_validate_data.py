@@ -146,6 +146,12 @@ def test_jsonl_reader_reports_bad_lines_and_keeps_the_rest(tmp_path):
     assert "not UTF-8" in records[2].detail
 
 
+def test_jsonl_reader_decodes_only_wanted_rows(tmp_path):
+    path = write_lines(tmp_path / "w.jsonl", [{"n": 0}, "{bad", "", {"n": 3}])
+    records = list(iter_records(path, wanted=lambda i: i != 1))
+    assert [(r.line, r.value, r.error) for r in records] == [(1, {"n": 0}, None), (2, None, None), (4, {"n": 3}, None)]
+
+
 @pytest.mark.parametrize("text, expected", [
     ('[\n {"a": 1},\n {"b": 2}\n]\n', [(2, 0, {"a": 1}, None), (3, 1, {"b": 2}, None)]),
     ("[]", []),

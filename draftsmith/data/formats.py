@@ -19,7 +19,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from draftsmith.errors import InputError
 
@@ -74,8 +74,14 @@ def file_format(path: str | os.PathLike) -> str:
     raise InputError("unsupported file type: expected .json, .jsonl (optionally .gz) or .parquet", path=path)
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[Record]:
-    """Yield every row of a .json / .jsonl / .parquet file as a `Record`, bad rows included."""
+def iter_records(path: str | os.PathLike, *, wanted: Callable[[int], bool] | None = None) -> Iterator[Record]:
+    """Yield every row of a .json / .jsonl / .parquet file as a `Record`, bad rows included.
+
+    `wanted(i)` (optional) lets a caller that handles only some rows skip the cost of
+    decoding the others: JSON Lines rows whose 0-based position i is not wanted come back
+    undecoded (value and error None). Other formats must be parsed to be read at all and
+    decode every row.
+    """
     path = Path(path)
     fmt = file_format(path)
     if not path.is_file():
@@ -90,7 +96,7 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record]:
             # a cut .gz stream loses the chunk being read: keep those chunks small
             yield from _iter_json_array(f, str(path), _GZIP_CHUNK_BYTES if _is_gzip(path) else _CHUNK_BYTES)
         else:
-            yield from _iter_jsonl(f, str(path))
+            yield from _iter_jsonl(f, str(path), wanted)
 
 
 def _is_gzip(path: Path) -> bool:
@@ -111,14 +117,19 @@ def _first_byte(f: IO[bytes]) -> bytes:
             return stripped[:1]
 
 
-def _iter_jsonl(f: IO[bytes], source: str) -> Iterator[Record]:
+def _iter_jsonl(f: IO[bytes], source: str, wanted: Callable[[int], bool] | None) -> Iterator[Record]:
     decode = json.JSONDecoder().decode
     lineno = 0
+    position = -1
     try:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
-            if not raw.strip():
+            if not raw or raw.isspace():
+                continue
+            position += 1
+            if wanted is not None and not wanted(position):
+                yield Record(source, lineno, None, None)
                 continue
             try:
                 value = decode(raw.decode("utf-8"))

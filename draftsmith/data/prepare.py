@@ -181,13 +181,16 @@ def _supported(path: Path) -> bool:
     return True
 
 
-def _open_sources(preset: Preset, files: list[Path]) -> list[Callable[[], Iterator[Record]]]:
+Source = Callable[[Callable[[int], bool]], Iterator[Record]]  # wanted(position in source) -> records
+
+
+def _open_sources(preset: Preset, files: list[Path]) -> list[Source]:
     """One record-iterator factory per input; the hub dataset is loaded here, once, so that a
     download failure surfaces before any work starts and forked workers share the cache."""
     if not files:
         records = hub_records(preset)
-        return [lambda: records]
-    return [lambda path=path: iter_records(path) for path in files]
+        return [lambda wanted: records]
+    return [lambda wanted, path=path: iter_records(path, wanted=wanted) for path in files]
 
 
 # ----------------------------------------------------------------- normalization (runs in workers)
@@ -213,14 +216,26 @@ def _process(record: Record, ordinal: int, to_row: Callable[[object, int], objec
     return ("skip", entry)
 
 
-def _batch_results(to_row: Callable[[object, int], object], sources: list, worker: int = 0,
+def _batch_results(to_row: Callable[[object, int], object], sources: list[Source], worker: int = 0,
                    num_workers: int = 1) -> Iterator[list[tuple]]:
-    """Read every input row; normalize batches b with b % num_workers == worker.
+    """Read every input row; normalize batches b with b % num_workers == worker (other
+    workers' JSON Lines rows are not even decoded).
 
     A row's ordinal is its position among all input rows (parsed or not), so positional
     ids depend neither on batching nor on --num-proc.
     """
-    records = itertools.chain.from_iterable(open_records() for open_records in sources)
+    def mine(ordinal: int) -> bool:
+        return (ordinal // BATCH_ROWS) % num_workers == worker
+
+    def all_records() -> Iterator[Record]:
+        offset = 0
+        for open_records in sources:
+            wanted = None if num_workers == 1 else (lambda i, first=offset: mine(first + i))
+            for record in open_records(wanted):
+                offset += 1
+                yield record
+
+    records = all_records()
     for b in itertools.count():
         batch = list(itertools.islice(records, BATCH_ROWS))
         if not batch:
