@@ -247,10 +247,19 @@ def _chunks(cfg: BuildConfig, tokenizer, skipped: list[dict], counts: Counter) -
         for chunk in rows:
             yield worker.process(chunk)
         return
+    global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked Rust thread pools deadlock otherwise
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
-        yield from pool.imap(_process_in_worker, rows, chunksize=1)
+    if sys.platform.startswith("linux"):
+        # forked workers inherit the loaded tokenizer instead of loading it again
+        _WORKER = _Worker(cfg, tokenizer)
+        pool = multiprocessing.get_context("fork").Pool(cfg.num_proc)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg,))
+    try:
+        with pool:
+            yield from pool.imap(_process_in_worker, rows, chunksize=1)
+    finally:
+        _WORKER = None
 
 
 # ------------------------------------------------------------------------------ writing
