@@ -173,3 +173,31 @@ def test_cli(tmp_path, capsys):
     assert run_command("build-dataset", ["--data-path", str(tmp_path / "missing.jsonl"), "--tokenizer",
                                          str(tokenizer_path("smollm2"))]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_hub_name_fingerprint_uses_the_loaded_tokenizer():
+    from draftsmith.data.build import tokenizer_fingerprint
+
+    smol, qwen3 = real_tokenizer("smollm2"), real_tokenizer("qwen3")
+    a = tokenizer_fingerprint("org/not-a-local-dir", smol)
+    assert a == tokenizer_fingerprint("org/not-a-local-dir", smol)
+    assert a != tokenizer_fingerprint("org/not-a-local-dir", qwen3)
+
+
+def test_config_errors(tmp_path):
+    from draftsmith.data.build import config_from_args
+    from draftsmith.cli import build_parser
+    from draftsmith.errors import DraftsmithError
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": SINGLE}])
+    with pytest.raises(DraftsmithError, match="unknown chat template"):
+        build_dataset(_cfg(data, chat_template="nope"))
+    with pytest.raises(DraftsmithError, match="has no default system prompt"):
+        build_dataset(_cfg(data, chat_template="gemma", use_template_system_prompt=True))
+    with pytest.raises(DraftsmithError, match="cannot load tokenizer"):
+        build_dataset(BuildConfig(data_path=data, tokenizer=str(tmp_path / "no-such-tokenizer")))
+    parser, _ = build_parser("build-dataset")
+    opt_in = config_from_args(parser.parse_args(["--data-path", data, "--tokenizer", "t", "--system-prompt"]))
+    text = config_from_args(parser.parse_args(["--data-path", data, "--tokenizer", "t", "--system-prompt", "Hi"]))
+    assert (opt_in.use_template_system_prompt, opt_in.system_prompt) == (True, None)
+    assert (text.use_template_system_prompt, text.system_prompt) == (False, "Hi")
