@@ -347,6 +347,18 @@ def test_same_input_and_seed_give_byte_identical_files_across_num_proc(tmp_path)
     assert outs[0]["sharegpt_skipped.jsonl"] == outs[3]["sharegpt_skipped.jsonl"]
 
 
+def test_eval_rows_are_the_seeded_sample_and_both_files_keep_input_order(tmp_path):
+    import random
+
+    rows = [{**GOOD, "id": f"r{i}", "conversations": conv(("user", "é" * (i + 1)), ("assistant", "x"))} for i in range(100)]
+    result = prepare(tmp_path, "custom", [write_jsonl(tmp_path / "r.jsonl", rows)], split_eval=True, seed=7)
+    expected_eval = sorted(random.Random(7).sample(range(100), 5))
+    assert [r["id"] for r in read_jsonl(result.eval_path)] == [f"r{i}" for i in expected_eval]
+    assert [r["id"] for r in read_jsonl(result.train_path)] == [f"r{i}" for i in range(100) if i not in expected_eval]
+    together = read_jsonl(result.train_path) + read_jsonl(result.eval_path)
+    assert sorted(together, key=lambda r: int(r["id"][1:])) == rows  # none lost or changed
+
+
 def test_eval_count_bounds():
     assert [eval_count(n, 0.05) for n in (0, 1, 2, 10, 100, 17_322)] == [0, 0, 1, 1, 5, 866]
     assert eval_count(10, 0.99) == 9

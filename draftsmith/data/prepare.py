@@ -26,11 +26,12 @@ import random
 import shutil
 import sys
 import tempfile
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -311,6 +312,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
     kinds: Counter = Counter()
     fixes = dict.fromkeys(conversation.FIX_KINDS, 0)
     seen_ids: set[str] = set()
+    ends = array("q", [0])  # byte offset where each written row ends (row i is ends[i]:ends[i+1])
     sources = _open_sources(preset, files)
     with open(rows_path, "wb") as out, \
             open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n") as skipped, \
@@ -330,6 +332,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
                 duplicates += 1
             seen_ids.add(row_id)
             out.write(line + b"\n")
+            ends.append(ends[-1] + len(line) + 1)
             written += 1
             kinds[kind] += 1
             for k, n in zip(conversation.FIX_KINDS, row_fixes):
@@ -338,7 +341,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
                 break
     n_eval = 0
     if cfg.split_eval:
-        n_eval = _split(rows_path, train_path, staging / f"{name}_eval.jsonl", written, cfg.eval_ratio, cfg.seed)
+        n_eval = _split(rows_path, ends, train_path, staging / f"{name}_eval.jsonl", cfg.eval_ratio, cfg.seed)
         rows_path.unlink()
     skipped_total = sum(skipped_by_reason.values())
     assert read == written + skipped_total
@@ -382,14 +385,35 @@ def eval_count(n: int, ratio: float) -> int:
     return min(max(int(math.floor(n * ratio + 0.5)), 1), n - 1)
 
 
-def _split(rows_path: Path, train_path: Path, eval_path: Path, n: int, ratio: float, seed: int) -> int:
-    """Stream the rows into train/eval; eval is a seeded sample, both keep input order."""
+def _split(rows_path: Path, ends: array, train_path: Path, eval_path: Path, ratio: float, seed: int) -> int:
+    """Split the rows into train/eval by copying byte ranges; eval is a seeded sample of
+    round(n * ratio) rows, and both files keep input order."""
+    n = len(ends) - 1
     k = eval_count(n, ratio)
-    chosen = set(random.Random(seed).sample(range(n), k))
+    chosen = sorted(random.Random(seed).sample(range(n), k))
     with open(rows_path, "rb") as rows, open(train_path, "wb") as train, open(eval_path, "wb") as held_out:
-        for i, line in enumerate(rows):
-            (held_out if i in chosen else train).write(line)
+        start = 0
+        for i in chosen:
+            _copy_range(rows, train, ends[start], ends[i])
+            _copy_range(rows, held_out, ends[i], ends[i + 1])
+            start = i + 1
+        _copy_range(rows, train, ends[start], ends[n])
     return k
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, begin: int, end: int) -> None:
+    """Append src[begin:end] to dst (in the kernel where the OS can)."""
+    dst.flush()
+    while begin < end:
+        try:
+            copied = os.copy_file_range(src.fileno(), dst.fileno(), end - begin, begin)
+        except (AttributeError, OSError):  # no copy_file_range here (macOS, some filesystems)
+            src.seek(begin)
+            copied = dst.write(src.read(min(end - begin, 1 << 24)))
+            dst.flush()
+        if copied == 0:
+            raise DraftsmithError(f"{src.name}: ended before byte {end} while splitting train/eval")
+        begin += copied
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:
