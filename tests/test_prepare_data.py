@@ -463,3 +463,18 @@ def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "a.jsonl", [{**GOOD, "id": str(i)} for i in range(600)])
     with pytest.raises(RuntimeError, match="worker died"):
         prepare(tmp_path, "dies", [path], num_proc=2)
+
+
+def test_fast_message_path_agrees_with_the_full_check():
+    from draftsmith.data.conversation import _canonical_message, _plain_message
+
+    variants = [{"role": "user", "content": "a"}, {"from": "gpt", "value": "b"}, {"role": "Human", "content": "c"},
+                {"role": "user", "value": "d"}, {"from": "bard", "content": "e"}, {"role": "user", "content": " "},
+                {"role": "robot", "content": "f"}, {"role": ["user"], "content": "g"}, {"role": "user", "content": 1},
+                {"role": "user", "from": "gpt"}, {"role": "assistant", "tool_calls": [{"id": "1"}]},
+                {"role": "tool", "content": "r", "tool_call_id": "1"}, ["user", "x"], {"role": "system", "content": "s"}]
+    for msg in variants:
+        fast = _plain_message(msg)
+        if fast is not None:
+            assert (fast, None) == _canonical_message(msg, "m"), msg
+    assert sum(_plain_message(m) is not None for m in variants) == 5

@@ -142,9 +142,11 @@ def normalize_row(obj: object) -> Normalized:
         return Normalized(kind, None, Problem("no messages", key))
     messages = []
     for i, msg in enumerate(raw):
-        message, problem = _canonical_message(msg, f"{key}[{i}]")
-        if problem:
-            return Normalized(kind, None, problem)
+        message = _plain_message(msg)
+        if message is None:
+            message, problem = _canonical_message(msg, f"{key}[{i}]")
+            if problem:
+                return Normalized(kind, None, problem)
         messages.append(message)
     roles = {m["role"] for m in messages}
     if "assistant" not in roles:
@@ -199,6 +201,19 @@ def _check_message_body(msg: dict, role: str, where: str, content_key: str) -> P
     if _blank(content) and not calls_only:
         return Problem("empty content", f"{where}.{content_key}")
     return None
+
+
+def _plain_message(msg: object) -> dict | None:
+    """Fast path for the common message: just a known role and non-blank text (same result
+    as `_canonical_message`); None sends anything else through the full check."""
+    if type(msg) is not dict or len(msg) != 2:
+        return None
+    role = msg.get("role", msg.get("from"))
+    content = msg.get("content", msg.get("value"))
+    if type(role) is not str or type(content) is not str or not content or content.isspace():
+        return None
+    role = ROLE_ALIASES.get(role)
+    return None if role is None else {"role": role, "content": content}
 
 
 def _canonical_message(msg: object, where: str) -> tuple[dict | None, Problem | None]:
