@@ -75,6 +75,10 @@ class PrepareResult:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     presets = ", ".join(PRESETS)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "presets (--dataset):\n" + "".join(
+        f"  {p.name:<11} {p.hub_source if p.hub_name else 'local files only'}\n  {'':<11} {p.description}\n"
+        for p in PRESETS.values()) + "  org/name    any hub dataset whose rows are already chat-shaped"
     parser.add_argument("--dataset", default=None,
                         help=f"preset name ({presets}) or a hub dataset 'org/name' whose rows are already "
                              "chat-shaped; default 'custom' when --data-path is given")

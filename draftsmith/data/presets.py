@@ -102,8 +102,7 @@ register(Preset("magicoder", "ise-uiuc/Magicoder-Evol-Instruct-110K", "train",
                 question_answer("magicoder", "instruction", "response"),
                 description="Magicoder Evol-Instruct 110k code SFT (instruction, response)"))
 register(Preset("custom", None, "train", _passthrough,
-                description="local files already in a chat shape: canonical rows, {id, messages} or "
-                            "ShareGPT rows, or pre-formatted {id, text}; needs --data-path"))
+                description="chat-shaped rows: canonical, {id, messages}, ShareGPT, or pre-formatted {id, text}"))
 
 
 def hub_records(preset: Preset) -> Iterator[Record]:
