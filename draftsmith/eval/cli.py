@@ -129,10 +129,10 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
             s = summarize(r)
             lossless &= bool(s["lossless"])
             summaries.append(s)
-    return {"config": _config_record(cfg), "benchmarks": summaries, "lossless": lossless}
+    return {"config": config_record(cfg), "benchmarks": summaries, "lossless": lossless}
 
 
-def _config_record(cfg: EvalConfig) -> dict[str, Any]:
+def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return {"target_model_path": str(cfg.target_model_path), "draft_model_path": str(cfg.draft_model_path),
             "benchmarks": cfg.benchmarks, "num_steps": cfg.num_steps, "topk": cfg.topk,
             "num_draft_tokens": cfg.num_draft_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
@@ -157,7 +157,7 @@ def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
                 messages.append({"role": "assistant", "content": reply.text})
         summaries.append(sglang_client.summarize(name, replies))
         log(f"[{name}] served tau_sglang {summaries[-1]['tau_sglang']}")
-    return {"config": _config_record(cfg), "benchmarks": summaries}
+    return {"config": config_record(cfg), "benchmarks": summaries}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -132,19 +132,29 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _curves(rows: list[dict[str, Any]], word: str) -> dict[str, tuple[list[float], list[float]]]:
+    """Series whose key contains `word`; a list value (per-position `acc_k`) gives one series per entry."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(key: str, step: float, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            xs, ys = curves.setdefault(key, ([], []))
+            xs.append(step)
+            ys.append(value)
+
     for row in rows:
         for key, value in row.items():
-            if word in key and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and math.isfinite(value):
-                xs, ys = curves.setdefault(key, ([], []))
-                xs.append(row["step"])
-                ys.append(value)
+            if word not in key:
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value[:8]):
+                    add(f"{key}[{i}]", row["step"], v)
+            else:
+                add(key, row["step"], value)
     return curves
 
 
 def plot(summaries: list[dict[str, Any]], path: str | Path, metrics: list[dict[str, Any]] | None = None) -> None:
-    """Per-position acceptance of each run, and the loss / accuracy curves of training when given."""
+    """Per-position acceptance of each run, and the training loss / accuracy / τ curves when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +162,7 @@ def plot(summaries: list[dict[str, Any]], path: str | Path, metrics: list[dict[s
 
     panels = [("acceptance", None)]
     if metrics:
-        for word in ("loss", "acc"):
+        for word in ("loss", "acc", "tau"):
             curves = _curves(metrics, word)
             if curves:
                 panels.append((word, curves))

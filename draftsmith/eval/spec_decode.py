@@ -110,12 +110,12 @@ class _Target:
         self.device = model.get_input_embeddings().weight.device
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, allow: torch.Tensor | None,
-                want_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """logits [T, V] and aux features [T, 3H] (or None) of `ids` appended to the cache."""
+                want_aux: bool, last_logits_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits [T, V] (or [1, V]) and aux features [T, 3H] (or None) of `ids` appended to the cache."""
         mask = None if allow is None else _tree_mask(allow.to(self.device), self.dtype)
         out = self.model(input_ids=ids[None].to(self.device), position_ids=positions[None].to(self.device),
                          attention_mask=mask, cache=self.cache, use_cache=True,
-                         output_hidden_states=want_aux)
+                         output_hidden_states=want_aux, logits_to_keep=1 if last_logits_only else 0)
         aux = None
         if want_aux:
             aux = torch.cat([out.hidden_states[i][0] for i in self.aux_layers], dim=-1)
@@ -239,7 +239,7 @@ def speculative_generate(model, draft, prompt_ids: list[int], cfg: SpecConfig, a
     d = _Draft(draft)
     prompt = torch.tensor(prompt_ids, dtype=torch.long)
     n = prompt.numel()
-    logits, aux = target.forward(prompt, torch.arange(n), None, want_aux=cfg.tree_size > 0)
+    logits, aux = target.forward(prompt, torch.arange(n), None, want_aux=cfg.tree_size > 0, last_logits_only=True)
     first = int(logits[-1].argmax())
     result = Generation(tokens=[first], seconds=0.0)
     if first in cfg.eos_token_ids or cfg.max_new_tokens == 1:
