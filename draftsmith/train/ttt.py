@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from draftsmith.draft.model import Eagle3Draft, StepPattern
 
-LOGITS_CHUNK_ELEMENTS = 1 << 24   # rows per loss chunk = this / draft vocab (64 MiB of fp32 logits)
+LOGITS_CHUNK_ELEMENTS = 1 << 22   # rows per loss chunk = this / draft vocab (16 MiB of fp32 logits; ×16 on CUDA)
 
 
 @dataclass
@@ -84,13 +84,15 @@ def ttt_block_mask(t: int, k: int, device: torch.device):
 
 
 class FusedSoftCE(torch.autograd.Function):
-    """Σ_rows w_row · softCE(x_row @ Wᵀ, target_row), with the gradient computed in the forward
-    pass chunk by chunk: logits exist for one chunk of rows at a time and nothing of them is
-    kept for backward (only grad_x [N, H] and grad_W [Vd, H]). Returns (loss, per-row CE,
-    per-row argmax); the last two carry no gradient."""
+    """Σ_rows w_row · softCE(x_row @ Wᵀ, target of the row), with the gradient computed in the
+    forward pass chunk by chunk: logits exist for one chunk of rows at a time and nothing of
+    them is kept for backward (only grad_x [N, H] and grad_W [Vd, H]). Row i's target is row
+    `target_row[i]` of `target_logp` [Nq, Vd] (or of the sparse `topk_ids`/`topk_logp`
+    [Nq, K]), so targets shared by several TTT steps are stored once. Returns (loss,
+    per-row CE, per-row argmax); the last two carry no gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, row_weight, target_logp, topk_ids, topk_logp, chunk: int):
+    def forward(ctx, x, weight, row_weight, target_row, target_logp, topk_ids, topk_logp, chunk: int):
         n = x.shape[0]
         w = weight.to(x.dtype)
         grad_x = torch.empty_like(x)
@@ -98,23 +100,27 @@ class FusedSoftCE(torch.autograd.Function):
         ce_all = torch.empty(n, dtype=torch.float32, device=x.device)
         pred = torch.empty(n, dtype=torch.long, device=x.device)
         for a in range(0, n, chunk):
-            xc = x[a:a + chunk]
+            xc, rows = x[a:a + chunk], target_row[a:a + chunk]
             logits = (xc @ w.T).float()
             pred[a:a + chunk] = logits.argmax(-1)
             grad = F.log_softmax(logits, dim=-1)
             del logits
             if target_logp is not None:
-                tp = target_logp[a:a + chunk].exp()
-                ce_all[a:a + chunk] = -(tp * grad).sum(-1)
+                tp = target_logp[rows].exp_()
+                ce_all[a:a + chunk] = -torch.linalg.vecdot(tp, grad)
                 grad.exp_().sub_(tp)                        # softmax - p  (Σp = 1)
             else:
-                ids, tp = topk_ids[a:a + chunk], topk_logp[a:a + chunk].exp()
-                ce_all[a:a + chunk] = -(tp * grad.gather(-1, ids)).sum(-1)
+                ids, tp = topk_ids[rows], topk_logp[rows].exp_()
+                ce_all[a:a + chunk] = -torch.linalg.vecdot(tp, grad.gather(-1, ids))
                 grad.exp_().scatter_add_(-1, ids, -tp)
+            del tp
             grad.mul_(row_weight[a:a + chunk, None])
             g = grad.to(x.dtype)
             grad_x[a:a + chunk] = g @ w
-            grad_w += (g.T @ xc).float()
+            if g.dtype == torch.float32:
+                grad_w.addmm_(g.T, xc)
+            else:
+                grad_w += (g.T @ xc).float()
         ctx.save_for_backward(grad_x, grad_w)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(ce_all, pred)
@@ -124,16 +130,16 @@ class FusedSoftCE(torch.autograd.Function):
     def backward(ctx, g_loss, g_ce, g_pred):
         grad_x, grad_w = ctx.saved_tensors
         return (grad_x * g_loss.to(grad_x.dtype), (grad_w * g_loss).to(ctx.weight_dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
-def _plain_soft_ce(x, weight, row_weight, target_logp, topk_ids, topk_logp, chunk):
+def _plain_soft_ce(x, weight, row_weight, target_row, target_logp, topk_ids, topk_logp, chunk):
     """The same as FusedSoftCE with ordinary autograd (reference for tests)."""
     logp = F.log_softmax((x @ weight.to(x.dtype).T).float(), dim=-1)
     if target_logp is not None:
-        ce = -(target_logp.exp() * logp).sum(-1)
+        ce = -(target_logp[target_row].exp() * logp).sum(-1)
     else:
-        ce = -(topk_logp.exp() * logp.gather(-1, topk_ids)).sum(-1)
+        ce = -(topk_logp[target_row].exp() * logp.gather(-1, topk_ids[target_row])).sum(-1)
     return (ce * row_weight).sum(), ce.detach(), logp.detach().argmax(-1)
 
 
@@ -219,11 +225,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         return result
     keep_all = torch.cat([step_rows(qb, qq, k)[0].nonzero().flatten() for k in range(length)])
     x = torch.cat(rows_x)
-    args = (x, draft.lm_head.weight, torch.cat(row_w),
-            None if target_logp is None else target_logp[keep_all],
-            None if topk_ids is None else topk_ids[keep_all],
-            None if topk_logp is None else topk_logp[keep_all],
-            max(1, LOGITS_CHUNK_ELEMENTS // draft.config.draft_vocab_size))
+    args = (x, draft.lm_head.weight, torch.cat(row_w), keep_all, target_logp, topk_ids, topk_logp,
+            max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size))
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
     steps = torch.cat(step_of_row)
     hit = (pred == target_argmax[keep_all]).long()
