@@ -187,6 +187,9 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
         if min(top) < 1:
             errors.append(f"config.json: aux layer ids {top}: index 0 is the embedding output, SGLang "
                           "cannot capture it")
+    if config.get("norm_before_residual"):
+        errors.append("config.json: norm_before_residual is true: vLLM would feed the normed hidden as the residual, "
+                      "SGLang (and the draft as trained) the raw one")
     if isinstance(eagle, Mapping) and eagle.get("use_aux_hidden_state") is False:
         errors.append("config.json: eagle_config.use_aux_hidden_state is false: vLLM would skip fc")
 

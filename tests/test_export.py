@@ -147,6 +147,7 @@ CORRUPTIONS = {
                                                           _sglang_ids([0, 1, 3])(c))), "out of range"),
     "duplicate layer ids": (_corrupt_config(lambda c: (c.update(eagle_aux_hidden_state_layer_ids=[2, 2, 1]),
                                                        _sglang_ids([1, 1, 0])(c))), "distinct increasing"),
+    "vLLM residual convention": (_corrupt_config(_set("norm_before_residual", True)), "norm_before_residual"),
     "vocab differs from target": (_corrupt_config(_set("vocab_size", 1000)), "vocab_size 1000 != target"),
 }
 

@@ -189,8 +189,8 @@ def _draft_tree(d: _Draft, cfg: SpecConfig) -> tuple[_Tree, list[int]]:
     root_hidden = d.last_hidden
     p0 = d.length - 1                           # draft position of the root
     for step in range(2, cfg.num_steps + 1):
-        parents_hidden = torch.stack([hidden_of.get(tree.parent[n], root_hidden) if tree.parent[n] >= 0
-                                      else root_hidden for n in frontier])
+        parents_hidden = torch.stack([hidden_of[tree.parent[n]] if tree.parent[n] >= 0 else root_hidden
+                                      for n in frontier])
         ids = torch.tensor([tree.token[n] for n in frontier], device=d.device)
         positions = torch.full((len(frontier),), p0 + step - 1, device=d.device)
         # each frontier node sees the committed cache, its fed ancestors and itself
