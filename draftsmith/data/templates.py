@@ -145,8 +145,8 @@ class ChatTemplate:
             fill = system_prompt if system_prompt is not None else (self.default_system if use_default_system else None)
             if fill is not None:
                 systems = [fill]
-        last_user = max((i for i, m in enumerate(body) if m["role"] == "user"), default=-1)
         user_ids = [i for i, m in enumerate(body) if m["role"] == "user"]
+        first_user, last_user = (user_ids[0], user_ids[-1]) if user_ids else (-1, -1)
         parts: list[str] = [self.bos, self.preamble]
         spans: list[Span] = []
         pos = len(self.bos) + len(self.preamble)
@@ -172,7 +172,7 @@ class ChatTemplate:
             content = msg.get("content") or ""
             if role == "user":
                 text = content.strip() if self.trim else content
-                if system_text is not None and self.system_style == "first_user" and i == user_ids[0]:
+                if system_text is not None and self.system_style == "first_user" and i == first_user:
                     text = system_text + "\n\n" + text
                 if system_text is not None and self.system_style == "last_user" and i == len(body) - 1:
                     text = system_text + "\n\n" + text
