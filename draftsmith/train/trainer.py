@@ -481,13 +481,18 @@ class Trainer:
         self.model.eval()
         n = len(self.eval_source)
         indices = list(range(self.dp_rank, n, self.dp_size))
+        # every rank runs the same number of forwards (FSDP gathers parameters collectively);
+        # a rank with fewer samples repeats its first one and drops the result
+        per_rank = -(-n // self.dp_size)
         length = self.cfg.ttt_length
         sums = [0.0] * (3 * length)
-        for i in range(0, len(indices), self.cfg.batch_size):
-            batch = self.eval_source.batch(indices[i:i + self.cfg.batch_size], self.device)
+        for i in range(0, per_rank, self.cfg.batch_size):
+            chunk = indices[i:i + self.cfg.batch_size]
+            batch = self.eval_source.batch(chunk or indices[:1] or [0], self.device)
             with self._autocast():
                 r = self.model(batch)
-            sums = [a + b for a, b in zip(sums, r.loss_sum + r.correct + r.count)]
+            if chunk:
+                sums = [a + b for a, b in zip(sums, r.loss_sum + r.correct + r.count)]
         sums = self._reduce(sums)
         self.model.train()
         s = summarize(sums[:length], sums[length:2 * length], sums[2 * length:])
@@ -519,13 +524,14 @@ class Trainer:
         self.model.train()
         length = cfg.ttt_length
         acc = [0.0] * (3 * length + 1)          # loss_sum, correct, count per step, tokens
-        t0 = time.perf_counter()
+        busy = 0.0                               # seconds of training work since the last log row
         last_eval = None
         while self.global_step < stop_at and self.epoch < cfg.num_epochs:
             batches = epoch_batches(len(self.train_source), cfg.batch_size, self.epoch, cfg.seed,
                                     self.dp_rank, self.dp_size)
             usable = self.steps_per_epoch * cfg.gradient_accumulation_steps
             while self.batch_in_epoch < usable and self.global_step < stop_at:
+                t0 = time.perf_counter()
                 micro = self.batch_in_epoch % cfg.gradient_accumulation_steps
                 batch = self.train_source.batch(batches[self.batch_in_epoch], self.device)
                 last_micro = micro == cfg.gradient_accumulation_steps - 1
@@ -542,6 +548,7 @@ class Trainer:
                                              + [float(batch["attention_mask"].sum())])]
                 self.batch_in_epoch += 1
                 if not last_micro:
+                    busy += time.perf_counter() - t0
                     continue
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
                 lr = self.scheduler.get_last_lr()[0]
@@ -549,19 +556,19 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
+                busy += time.perf_counter() - t0
                 if self.global_step % cfg.log_interval == 0 or self.global_step == stop_at:
                     sums = self._reduce(acc)
-                    elapsed = time.perf_counter() - t0
                     s = summarize(sums[:length], sums[length:2 * length], sums[2 * length:3 * length])
                     row = {"step": self.global_step, "epoch": self.epoch, "lr": lr, **s,
                            "grad_norm": float(grad_norm), "tokens": int(sums[-1]),
-                           "tokens_per_s": sums[-1] / elapsed if elapsed > 0 else 0.0}
+                           "tokens_per_s": sums[-1] / busy if busy > 0 else 0.0}
                     self._log(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{s['loss_k'][0]:.3f}", acc0=f"{s['acc_k'][0]:.3f}",
                                         tau=f"{s['tau']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
                     acc = [0.0] * (3 * length + 1)
-                    t0 = time.perf_counter()
+                    busy = 0.0
                 if bar is not None:
                     bar.update(1)
                 if self.global_step % cfg.eval_interval == 0:
