@@ -116,5 +116,7 @@ def set_memory_fraction(fraction: float, device: torch.device) -> None:
 
 
 def cleanup() -> None:
+    """Leave the group together: no rank tears its connections down while a peer still uses them."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

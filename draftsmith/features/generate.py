@@ -111,8 +111,10 @@ def load_tokenized(cfg: HiddenStatesConfig):
             chat_template=cfg.chat_template or "hf", max_length=cfg.max_length,
             is_preformatted=cfg.is_preformatted, output=None))
         path = Path(result.path)
+    from datasets import DatasetDict
+
     ds = load_from_disk(str(path))
-    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict: take its train split
+    if isinstance(ds, DatasetDict):  # take its train split
         if "train" not in ds:
             raise InputError(f"dataset folder has splits {list(ds)} and no 'train'", path=path)
         ds = ds["train"]
@@ -272,10 +274,15 @@ def _shard_done(root: Path, shard: int) -> bool:
     return file.exists() and file.stat().st_size == meta.get("bytes")
 
 
+def _local_or_name(path: str) -> str:
+    """An absolute path for a local folder/file (so a store names its inputs from anywhere), else a hub name."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
 def _settings(cfg: HiddenStatesConfig, target, data_fingerprint: str, num_samples: int, shard_tokens: int,
               topk: int | None, vocab_digest: str | None) -> dict:
     """Everything that changes the store's bytes (the batch size and world size do not)."""
-    return {"model": str(cfg.model_path), "data": data_fingerprint, "num_samples": num_samples,
+    return {"model": _local_or_name(cfg.model_path), "data": data_fingerprint, "num_samples": num_samples,
             "max_length": cfg.max_length, "aux_layers": target.aux_layers, "dtype": str(target.dtype),
             "codec": cfg.codec, "target_signal": "hidden" if topk is None else f"topk:{topk}",
             "draft_vocab": vocab_digest, "shard_tokens": shard_tokens, "pad_multiple": cfg.pad_multiple}
@@ -321,7 +328,8 @@ def _write_manifest(root: Path, cfg: HiddenStatesConfig, target, settings: dict,
     num_tokens = sum(s["length"] for s in samples)
     total_bytes = sum(s["bytes"] for s in shards)
     manifest = {
-        "format": FORMAT, "version": VERSION, "model": str(cfg.model_path), "data": str(cfg.data_path),
+        "format": FORMAT, "version": VERSION, "model": _local_or_name(cfg.model_path),
+        "data": _local_or_name(cfg.data_path),
         "aux_layers": target.aux_layers, "hidden_size": target.hidden_size, "num_layers": target.num_layers,
         "vocab_size": target.vocab_size, "dtype": str(target.dtype).replace("torch.", ""),
         "codec": cfg.codec, "target_signal": settings["target_signal"], "topk": topk,
@@ -421,8 +429,8 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     if info.is_main:  # builds (and caches) the dataset once; the other ranks open the folder
         try:
             data = {"ok": True, "path": str(load_tokenized(cfg)[1])}
-        except DraftsmithError as e:
-            data = {"ok": False, "error": e}
+        except (DraftsmithError, OSError) as e:
+            data = {"ok": False, "error": DraftsmithError(str(e))}
     data = dist.broadcast_object(data)
     if not data["ok"]:
         raise data["error"]
@@ -464,7 +472,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
 
                 with atomic_path(root / VOCAB_FILE) as tmp:
                     save_file({"draft_to_target": draft_to_target}, str(tmp))
-        except DraftsmithError as e:
+        except (DraftsmithError, OSError) as e:  # every rank must hear of it, or they would wait forever
             status = {"ok": False, "error": str(e)}
     status = dist.broadcast_object(status)
     if not status["ok"]:
