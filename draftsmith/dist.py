@@ -116,7 +116,8 @@ def set_memory_fraction(fraction: float, device: torch.device) -> None:
 
 
 def cleanup() -> None:
-    """Leave the group together: no rank tears its connections down while a peer still uses them."""
+    """Leave the group together after a successful run: no rank tears its connections down while
+    a peer still uses them. (After an error just exit; torchrun stops the other ranks.)"""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -621,8 +621,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     fields = HiddenStatesConfig.__dataclass_fields__
     cfg = HiddenStatesConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    try:
-        run_hidden_states(cfg)
-    finally:
-        dist.cleanup()
+    run_hidden_states(cfg)
+    dist.cleanup()  # on an error the process just exits: torchrun stops the other ranks
     return 0
