@@ -141,6 +141,22 @@ def test_random_draft_is_lossless(markov_target, random_draft, num_steps, topk):
     assert all(0 <= a <= num_steps for a in g.accepted)
 
 
+@pytest.mark.parametrize("topk", [1, 3])
+def test_qwen2_target_is_lossless(tiny_qwen2_dir, tmp_path, topk):
+    """Another architecture through the exported-folder path (Qwen2: q/k/v biases, its own rope theta)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    folder = tmp_path / "served"
+    export_checkpoint(ExportConfig(checkpoint=make_checkpoint(tiny_qwen2_dir, tmp_path / "ckpt"), output=folder,
+                                   target_model_path=tiny_qwen2_dir))
+    draft = Eagle3Draft.from_pretrained(folder, embed_weight=model.get_input_embeddings().weight).eval()
+    assert draft.config.rope_theta == 1000000.0
+    ref = greedy_generate(model, PROMPT, 20, ())
+    g = speculative_generate(model, draft, PROMPT, SpecConfig(num_steps=3, topk=topk, max_new_tokens=20), AUX)
+    assert g.tokens == ref.tokens and sum(g.emitted) + 1 == 20
+
+
 def test_k_zero_gives_tau_exactly_one(markov_target, copying_draft):
     model, _ = markov_target
     g = speculative_generate(model, copying_draft, PROMPT, SpecConfig(num_steps=0, max_new_tokens=20), AUX)

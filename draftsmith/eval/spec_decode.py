@@ -85,14 +85,21 @@ def _tree_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allow, zero, neg)[None, None]
 
 
-def _keep_cache_positions(cache, keep: torch.Tensor) -> None:
-    """Keep only the sequence positions `keep` of every layer of an HF DynamicCache."""
+def _keep_cache_positions(cache, keep: torch.Tensor, length: int) -> None:
+    """Keep only the sequence positions `keep` of the target's `length` cached ones.
+
+    An accepted chain keeps a prefix, which every HF cache can crop; a tree path keeps
+    scattered rows, gathered from full-attention layers."""
     from transformers.cache_utils import DynamicLayer
 
+    if torch.equal(keep.cpu(), torch.arange(keep.numel())):
+        if keep.numel() < length:
+            cache.crop(keep.numel() - length)          # a negative count removes that many tokens
+        return
     for layer in cache.layers:
         if type(layer) is not DynamicLayer:
-            raise DraftsmithError(f"speculative eval needs full-attention KV caches; this target uses "
-                                  f"{type(layer).__name__} (sliding-window or recurrent layers)")
+            raise DraftsmithError(f"tree drafting (--topk > 1) needs full-attention KV caches; this target uses "
+                                  f"{type(layer).__name__}: use --topk 1")
         layer.keys = layer.keys.index_select(-2, keep)
         layer.values = layer.values.index_select(-2, keep)
 
@@ -282,7 +289,8 @@ def speculative_generate(model, draft, prompt_ids: list[int], cfg: SpecConfig, a
             break
         rows = torch.tensor([0] + [index[i] for i in path])
         if m:
-            _keep_cache_positions(target.cache, torch.cat([torch.arange(pos), pos + rows]).to(target.device))
+            _keep_cache_positions(target.cache, torch.cat([torch.arange(pos), pos + rows]).to(target.device),
+                                  pos + 1 + m)
         if cfg.tree_size > 0:
             d.extend(torch.tensor(new), aux[rows.to(aux.device)])
         pos += len(new)
