@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -40,14 +41,14 @@ class DemoConfig:
     """The demo's settings; each stage's key hashes those that change its output (not `device`)."""
 
     target_model_path: str | None = None  # None: the packaged SmolLM2-135M-Instruct
-    num_conversations: int = 1000
-    max_length: int = 1024
+    num_conversations: int = 500
+    max_length: int = 512
     chat_template: str = "hf"
     codec: str | None = None  # None: the hidden-states stage's compact default
     aux_layers: str | None = None  # "i,j,k" HF hidden-state indices; None: the stage's default [2, L//2, L-3]
-    draft_vocab_size: int = 8192
-    ttt_length: int = 5
-    epochs: int = 3
+    draft_vocab_size: int = 4096
+    ttt_length: int = 3
+    epochs: int = 1
     batch_size: int = 1
     learning_rate: float = 1e-3
     num_steps: int = 5  # K, draft tokens per verify step at eval
@@ -562,6 +563,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="forget the stage state and redo every stage (the converted model stays cached)")
 
 
+def _terminate(signum, frame) -> None:
+    """`kill` (SIGTERM) stops the demo like Ctrl-C: the stage state records the interruption."""
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     run_dir = Path(args.output) if args.output else default_run_dir(args.quick)
@@ -571,6 +577,7 @@ def run(args: argparse.Namespace) -> int:
         (run_dir / STATE_FILE).unlink(missing_ok=True)
     print(f"draftsmith demo: run folder {run_dir} (rerun the same command to resume after an interruption)",
           flush=True)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         state = run_stages(config, run_dir)
     except KeyboardInterrupt:
@@ -579,6 +586,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except StageFailed as e:
         raise StageFailed(f"{e}; fix the cause and rerun the same command to continue from this stage") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary, folder = write_report(state, run_dir)
     print()
     print(format_table(summary))
