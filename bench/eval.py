@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-steps", type=int, nargs="+", default=[5, 7])
     p.add_argument("--topk", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--metrics", type=Path, default=None, help="the draft's training metrics.jsonl, plotted too")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "eval.json")
     args = p.parse_args(argv)
@@ -61,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     record = config_record(cfg)
     record.update(benchmarks=[n for n, _ in benchmarks], limits=dict(benchmarks),
                   checkpoint=str(args.checkpoint) if args.checkpoint else None,
+                  metrics=str(args.metrics) if args.metrics else None,
                   command="python bench/eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   machine="2-core CPU shared with other jobs" if platform.system() == "Linux" else platform.platform(),
                   wall_seconds=time.perf_counter() - start)
     report = {"config": record, "benchmarks": summaries, "lossless": all(s["lossless"] for s in summaries)}
-    paths = write_report(report, args.output)
+    paths = write_report(report, args.output, args.metrics)
     print(markdown_table(summaries), end="")
     print("wrote " + ", ".join(str(x) for x in paths.values()))
     return 0 if report["lossless"] else 1

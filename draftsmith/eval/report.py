@@ -173,6 +173,9 @@ def plot(summaries: list[dict[str, Any]], path: str | Path, metrics: list[dict[s
         if rates:
             ax.plot(range(1, len(rates) + 1), rates, marker="o",
                     label=f"{s['benchmark']} K={s['num_steps']} topk={s['topk']} τ={_fmt(s['tau'])}")
+    depth = max((len(s["accept_rate"]) for s in summaries), default=0)
+    if depth:
+        ax.set_xticks(range(1, depth + 1))
     ax.set_xlabel("draft position (depth)")
     ax.set_ylabel("share of verify steps accepted")
     ax.set_ylim(0, 1.05)
