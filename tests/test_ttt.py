@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from _train_helpers import small_draft, write_conversations
-from draftsmith.train.ttt import (step_inputs, step_rows, summarize, target_rows, ttt_forward, ttt_mask,
-                                  unroll)
+from draftsmith.train.ttt import (live_rows, step_inputs, step_rows, summarize, target_rows, ttt_forward,
+                                  ttt_mask, unroll)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +53,7 @@ def test_unroll_equals_sglang_draft_extend_then_decode():
     b = _batch(b=1, t=t)
     ids, aux = b["input_ids"], b["aux_hidden_states"].double()
     with torch.no_grad():
-        ttt_out = [out for _, out in unroll(draft, ids, aux, length)]
+        ttt_out = [out[index] for _, out, index in unroll(draft, ids, aux, length)]
         for prefix in range(1, t - length):
             hidden = draft.project(aux[:, :prefix])
             out, (k, v) = draft.layer(ids[:, 1:prefix + 1], hidden, torch.arange(prefix)[None])
@@ -205,3 +205,29 @@ def test_summarize_tau_by_hand():
     assert s["loss_k"] == [0.2, 0.375, 1.0]
     assert math.isclose(s["tau"], 1 + 0.8 + 0.8 * 0.5 + 0.8 * 0.5 * 0.25)
 
+
+
+def test_later_steps_compute_only_live_rows():
+    """Rows whose chain predicts no supervised token are skipped from step 1 on (user turns,
+    padding); the loss and gradients equal the dense reference."""
+    draft = small_draft()
+    head = torch.randn(300, 64)
+    batch = _batch(b=2, t=24)
+    batch["loss_mask"].zero_()
+    batch["loss_mask"][0, 15:20] = 1
+    batch["loss_mask"][1, 3:5] = 1
+    live = live_rows(target_rows(batch["loss_mask"], batch["attention_mask"]), 4)
+    sizes = [int(out.shape[0]) for _, out, _ in unroll(draft, batch["input_ids"], batch["aux_hidden_states"], 4,
+                                                        live=live)]
+    # step k keeps rows p with a supervised token among p+2+k .. p+5: p in [10, 17-k] of sample 0
+    # and p in [0, 2-k] of sample 1
+    assert sizes == [48, (8 - 1) + 2, (8 - 2) + 1, (8 - 3) + 0]
+    runs = []
+    for attention in ("blockwise", "sdpa"):
+        draft.zero_grad()
+        r = ttt_forward(draft, batch, length=4, target_head=head, attention=attention)
+        r.loss.backward()
+        runs.append((r, torch.cat([p.grad.flatten() for p in draft.parameters()])))
+    torch.testing.assert_close(runs[0][0].loss, runs[1][0].loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-6)
+    assert runs[0][0].count == runs[1][0].count == [5 + 2, 5 + 2, 5 + 1, 5 + 0]

@@ -257,13 +257,15 @@ class Eagle3Draft(nn.Module):
         return model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepPattern:
-    """The attention of training-time test step k, without a mask tensor: the keys are k+1
-    blocks of `block` rows; row p sees block 0 causally (rows <= p) and only row p of every
-    later block (its own earlier steps)."""
+    """The attention of training-time test step k, without a mask tensor. The keys are a
+    first block of `block` rows (step 0 of the whole sequence) followed by one block per
+    later step holding the same rows as the queries; query r (sequence row `rows[r]`,
+    default r) sees first-block rows <= rows[r] and, in later blocks, only its own row."""
 
     block: int
+    rows: torch.Tensor | None = None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
@@ -273,9 +275,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> t
     (blockwise: T×T causal scores plus per-row diagonal scores, recomputed in backward
     rather than stored) or a flex-attention BlockMask."""
     if isinstance(attn_mask, StepPattern):
+        args = (q, k, v, attn_mask.block, attn_mask.rows)
         if torch.is_grad_enabled():
-            return checkpoint(_step_attention, q, k, v, attn_mask.block, use_reentrant=False)
-        return _step_attention(q, k, v, attn_mask.block)
+            return checkpoint(_step_attention, *args, use_reentrant=False)
+        return _step_attention(*args)
     if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):
         return _flex_attention(q, k, v, attn_mask)
     gqa = q.shape[1] != k.shape[1]
@@ -304,17 +307,21 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
     return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
-    """StepPattern attention with grouped heads, O(T² + T·k) scores instead of O(T²·k)."""
-    b, h, _, d = q.shape
+def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
+                    rows: torch.Tensor | None) -> torch.Tensor:
+    """StepPattern attention with grouped heads: O(R·t0 + R·k) scores instead of O(R·t0·k)."""
+    b, h, r, d = q.shape
     kvh = k.shape[1]
-    n = k.shape[2] // t
-    qg = q.reshape(b, kvh, h // kvh, t, d)
-    kb, vb = k.reshape(b, kvh, n, t, d), v.reshape(b, kvh, n, t, d)
+    n = (k.shape[2] - t0) // r
+    qg = q.reshape(b, kvh, h // kvh, r, d)
+    k0, v0 = k[:, :, :t0].unsqueeze(2), v[:, :, :t0].unsqueeze(2)
+    kd, vd = k[:, :, t0:].reshape(b, kvh, n, r, d), v[:, :, t0:].reshape(b, kvh, n, r, d)
+    if rows is None:
+        rows = torch.arange(r, device=q.device)
+    allowed = torch.arange(t0, device=q.device)[None, :] <= rows[:, None]
     scale = d ** -0.5
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    s0 = (qg @ kb[:, :, :1].transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))
-    sd = torch.einsum("bgrtd,bgntd->bgrtn", qg, kb[:, :, 1:]) * scale
+    s0 = (qg @ k0.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    sd = torch.einsum("bgrtd,bgntd->bgrtn", qg, kd) * scale
     p = torch.cat([s0, sd], dim=-1).softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
-    out = p[..., :t] @ vb[:, :, :1] + torch.einsum("bgrtn,bgntd->bgrtd", p[..., t:], vb[:, :, 1:])
-    return out.reshape(b, h, t, d)
+    out = p[..., :t0] @ v0 + torch.einsum("bgrtn,bgntd->bgrtd", p[..., t0:], vd)
+    return out.reshape(b, h, r, d)

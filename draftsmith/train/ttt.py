@@ -150,17 +150,40 @@ def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int) -> tuple[torch
     return keep, rows_q[keep] - 1 - k
 
 
+def live_rows(target: torch.Tensor, length: int) -> list[torch.Tensor]:
+    """live[k] bool [B, T]: row p still predicts a supervised token at some step k' >= k
+    (target row p+1+k' is set). Rows of later steps only feed their own chain, so a row
+    that is not live needs no computation from step k on."""
+    b, t = target.shape
+    live, acc = [], torch.zeros_like(target, dtype=torch.bool)
+    for k in reversed(range(length)):
+        shifted = torch.zeros_like(acc)
+        if 1 + k < t:
+            shifted[:, : t - 1 - k] = target[:, 1 + k:]
+        acc = acc | shifted
+        live.append(acc)
+    return live[::-1]
+
+
 def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch.Tensor, length: int,
-           attention: str = "blockwise") -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (k, pre-norm output [B, T, H]) for steps 0..length-1 of the TTT unroll."""
-    t = input_ids.shape[1]
-    hidden = draft.project(aux_hidden_states)
-    past_k = past_v = None
-    for k in range(length):
+           attention: str = "blockwise", live: list[torch.Tensor] | None = None,
+           ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (k, outputs [N, H], index [B, T]) for steps 0..length-1: the pre-norm outputs of
+    the rows computed at step k, and for each (b, p) its row in `outputs` (-1: not computed).
+    Step 0 computes every row; with `live` (blockwise attention) later steps compute only the
+    live rows, one batch element at a time."""
+    b, t = input_ids.shape
+    tokens, positions = step_inputs(input_ids, 0)
+    out, (k0, v0) = draft.layer(tokens, draft.project(aux_hidden_states), positions)   # causal
+    dense = torch.arange(b * t, device=input_ids.device).view(b, t)
+    yield 0, out.reshape(b * t, -1), dense
+    if live is not None and attention == "blockwise":
+        yield from _live_steps(draft, input_ids, out, k0, v0, length, live)
+        return
+    past_k, past_v, hidden = k0, v0, out
+    for k in range(1, length):
         tokens, positions = step_inputs(input_ids, k)
-        if k == 0:
-            mask = None                                                 # plain causal
-        elif attention == "flex":
+        if attention == "flex":
             mask = ttt_block_mask(t, k, input_ids.device)
         elif attention == "sdpa":
             mask = ttt_mask(t, k, input_ids.device)
@@ -168,12 +191,37 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
             mask = StepPattern(t)
         else:
             raise ValueError(f"unknown TTT attention {attention!r} (blockwise, sdpa, flex)")
-        past = None if past_k is None else (past_k, past_v)
-        out, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=past)
-        past_k = key if past_k is None else torch.cat([past_k, key], dim=2)
-        past_v = value if past_v is None else torch.cat([past_v, value], dim=2)
-        yield k, out
-        hidden = out
+        hidden, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=(past_k, past_v))
+        past_k, past_v = torch.cat([past_k, key], dim=2), torch.cat([past_v, value], dim=2)
+        yield k, hidden.reshape(b * t, -1), dense
+
+
+def _live_steps(draft, input_ids, out0, k0, v0, length, live):
+    b, t = input_ids.shape
+    device = input_ids.device
+    state = [{"rows": torch.arange(t, device=device), "hidden": out0[i], "diag": []} for i in range(b)]
+    for k in range(1, length):
+        outs, offset = [], 0
+        index = torch.full((b, t), -1, dtype=torch.long, device=device)
+        for i, st in enumerate(state):
+            rows = live[k][i].nonzero().flatten()
+            sel = torch.searchsorted(st["rows"], rows)            # live rows shrink step by step
+            diag = [(key[:, :, sel], value[:, :, sel]) for key, value in st["diag"]]
+            st["rows"] = rows
+            if rows.numel() == 0:
+                st["diag"] = []
+                continue
+            nxt = rows + 1 + k
+            tokens = torch.where(nxt < t, input_ids[i, nxt.clamp(max=t - 1)], torch.zeros_like(nxt))
+            past = (torch.cat([k0[i:i + 1]] + [d[0] for d in diag], dim=2),
+                    torch.cat([v0[i:i + 1]] + [d[1] for d in diag], dim=2))
+            o, (key, value) = draft.layer(tokens[None], st["hidden"][sel][None], (rows + k)[None],
+                                          attn_mask=StepPattern(t, rows), past_kv=past)
+            st["hidden"], st["diag"] = o[0], diag + [(key, value)]
+            outs.append(o[0])
+            index[i, rows] = torch.arange(offset, offset + rows.numel(), device=device)
+            offset += rows.numel()
+        yield k, (torch.cat(outs) if outs else out0.new_zeros(0, out0.shape[-1])), index
 
 
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
@@ -209,14 +257,16 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             target_argmax = target_logp.argmax(-1)
 
     rows_x, row_w, step_of_row, counts = [], [], [], []
-    pad = torch.zeros((), device=input_ids.device)
-    for k, out in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention):
+    # every parameter stays in the graph even when a batch supervises nothing (DDP)
+    pad = 0.0 * (draft.lm_head.weight.sum() + draft.norm.weight.sum())
+    live = live_rows(target_rows(batch["loss_mask"], attention_mask), length)
+    for k, out, index in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention, live):
         keep, rows_p = step_rows(qb, qq, k)
         n = int(keep.sum())
         counts.append(n)
-        pad = pad + 0.0 * out.sum()          # every step in the graph even without rows (DDP)
+        pad = pad + 0.0 * out.sum()
         if n:
-            rows_x.append(draft.norm(out[qb[keep], rows_p]))
+            rows_x.append(draft.norm(out[index[qb[keep], rows_p]]))
             row_w.append(torch.full((n,), decay ** k / n, device=out.device))
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
     result = TTTResult(loss=pad, count=counts)
