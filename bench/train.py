@@ -19,7 +19,7 @@ large-step: a Llama-3-8B-sized draft (H 4096, draft vocab 32000) on random featu
     sequence 2048 and 8192 on a GPU (bench/gpu/train.sh); --dry-run runs it tiny on CPU.
 
     python bench/train.py step-cost [--repeats 3] [--mask both]
-    python bench/train.py quality --train-conversations 160 --eval-conversations 32 --max-length 512
+    python bench/train.py quality [--train-conversations 128 --eval-conversations 24 --max-length 512]
 """
 
 from __future__ import annotations
@@ -355,14 +355,35 @@ def large_step(args) -> dict:
 
 # ----- quality ---------------------------------------------------------------------------------------
 
+class CodecRoundTrip:
+    """A feature source whose aux/hidden features went through a store codec (encode, decode)."""
+
+    def __init__(self, source, codec: str):
+        from draftsmith.features.codecs import get_codec
+
+        self.source, self.codec = source, get_codec(codec)
+        self.signal = source.signal
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, indices, device):
+        batch = self.source.batch(indices, device)
+        for name in ("aux_hidden_states", "hidden_state"):
+            x = batch[name]
+            flat = x.reshape(-1, x.shape[-1])
+            batch[name] = self.codec.decode(self.codec.encode(flat), flat.shape[-1]).reshape(x.shape).to(x.dtype)
+        return batch
+
+
 def quality(args) -> dict:
     import torch
 
     from draftsmith import resources
     from draftsmith.data.build import BuildConfig, build_dataset
     from draftsmith.data.formats import iter_records
-    from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
-    from draftsmith.train.trainer import TrainConfig, train
+    from draftsmith.features.generate import HiddenStatesConfig, bytes_per_token, run_hidden_states
+    from draftsmith.train.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
@@ -391,28 +412,37 @@ def quality(args) -> dict:
            "draft_vocab_size": args.draft_vocab_size, "ttt_length": args.ttt, "lr": args.lr,
            "target_dtype": args.dtype, "threads": args.threads,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "codecs": {}}
+    # The target runs once: a bf16 store; other codecs are applied to its decoded features
+    # (encode -> decode per row, as the store does), which is exactly what a store of that
+    # codec holds for a bf16 target (for an fp32 target it differs only by the bf16 rounding).
+    stores = {}
+    t0 = time.perf_counter()
+    for split in ("train", "eval"):
+        stores[split] = work / f"store_bf16_{split}"
+        run_hidden_states(HiddenStatesConfig(model_path=model, data_path=str(built[split]),
+                                             output_path=str(stores[split]), max_length=args.max_length,
+                                             dtype=args.dtype, codec="bf16", batch_size=4, device="cpu",
+                                             shard_mb=8.0, progress=False))
+    out["features_s"] = time.perf_counter() - t0
+    manifest = json.loads((stores["train"] / "manifest.json").read_text())
+    out["train_tokens"] = manifest["num_tokens"]
     for codec in args.codecs:
-        stores = {}
         t0 = time.perf_counter()
-        for split in ("train", "eval"):
-            stores[split] = work / f"store_{codec}_{split}"
-            run_hidden_states(HiddenStatesConfig(model_path=model, data_path=str(built[split]),
-                                                 output_path=str(stores[split]), max_length=args.max_length,
-                                                 dtype=args.dtype, codec=codec, batch_size=4, device="cpu",
-                                                 progress=False))
-        features_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = train(TrainConfig(mode="offline", target_model_path=model, train_data_path=str(built["train"]),
-                                   train_hidden_states_path=str(stores["train"]),
-                                   eval_hidden_states_path=str(stores["eval"]), output_dir=str(work / f"run_{codec}"),
-                                   draft_vocab_size=args.draft_vocab_size, ttt_length=args.ttt,
-                                   num_epochs=args.epochs, batch_size=1, learning_rate=args.lr, warmup_ratio=0.02,
-                                   max_length=args.max_length, save_interval=10 ** 9, eval_interval=10 ** 9,
-                                   log_interval=10, dtype=args.dtype, device="cpu", progress=False, seed=0))
-        manifest = json.loads((stores["train"] / "manifest.json").read_text())
+        trainer = Trainer(TrainConfig(
+            mode="offline", target_model_path=model, train_data_path=str(built["train"]),
+            train_hidden_states_path=str(stores["train"]), eval_hidden_states_path=str(stores["eval"]),
+            output_dir=str(work / f"run_{codec}"), draft_vocab_size=args.draft_vocab_size, ttt_length=args.ttt,
+            num_epochs=args.epochs, batch_size=1, learning_rate=args.lr, warmup_ratio=0.02,
+            max_length=args.max_length, save_interval=10 ** 9, eval_interval=10 ** 9, log_interval=10,
+            dtype=args.dtype, device="cpu", progress=False, seed=0))
+        if codec != "bf16":
+            trainer.train_source = CodecRoundTrip(trainer.train_source, codec)
+            trainer.eval_source = CodecRoundTrip(trainer.eval_source, codec)
+        result = trainer.train()
         out["codecs"][codec] = {"eval": result["eval"], "train_s": time.perf_counter() - t0,
-                                "features_s": features_s, "bytes_per_token": manifest["bytes_per_token"],
-                                "train_tokens": manifest["num_tokens"], "steps": result["global_step"]}
+                                "steps": result["global_step"],
+                                "bytes_per_token": bytes_per_token(codec, manifest["hidden_size"],
+                                                                   len(manifest["aux_layers"]), None, 1.0, 2)}
         print(f"{codec}: tau {result['eval']['tau']:.3f}", file=sys.stderr)
     base = out["codecs"].get("bf16", {}).get("eval", {}).get("tau")
     if base:
@@ -435,13 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--specforge-python", default="/tmp/specforge-venv/bin/python")
     sc.add_argument("--output", default=str(RESULTS / "train_step_cost.json"))
     q = sub.add_parser("quality")
-    q.add_argument("--train-conversations", type=int, default=240)
-    q.add_argument("--eval-conversations", type=int, default=40)
+    q.add_argument("--train-conversations", type=int, default=128)
+    q.add_argument("--eval-conversations", type=int, default=24)
     q.add_argument("--max-length", type=int, default=512)
-    q.add_argument("--epochs", type=int, default=2)
-    q.add_argument("--draft-vocab-size", type=int, default=8192)
+    q.add_argument("--epochs", type=int, default=1)
+    q.add_argument("--draft-vocab-size", type=int, default=4096)
     q.add_argument("--ttt", type=int, default=7)
-    q.add_argument("--lr", type=float, default=3e-4)
+    q.add_argument("--lr", type=float, default=5e-4)
     q.add_argument("--codecs", nargs="+", default=["bf16", "int4"], help="int4 is the store's default codec")
     q.add_argument("--dtype", default="float32", help="target dtype (CPU bf16 matmuls are slow)")
     q.add_argument("--threads", type=int, default=1)

@@ -303,7 +303,7 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
 
     fn = flex_attention
     if q.is_cuda:
-        fn = _flex_attention.__dict__.setdefault("compiled", torch.compile(flex_attention, dynamic=False))
+        fn = _flex_attention.__dict__.setdefault("compiled", torch.compile(flex_attention))
     return fn(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
