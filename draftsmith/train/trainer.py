@@ -312,7 +312,8 @@ class Trainer:
         from draftsmith.train.sources import load_tokenized
 
         if not path:
-            raise InputError("a top-K store needs the tokenized data it was made from", field=flag)
+            raise InputError("no data path given (a top-K store needs the tokenized data it was made from)",
+                             field=flag)
         kwargs = dict(tokenizer=model_path or self.cfg.target_model_path, chat_template=self.cfg.chat_template,
                       max_length=self.cfg.max_length, is_preformatted=self.cfg.is_preformatted, flag=flag)
         if self.info.is_main:
