@@ -32,8 +32,8 @@ STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
 # Small shards so an interrupted hidden-states stage loses at most about a minute of work.
 FEATURE_SHARD_MB = 16
-# Training checkpoints (step_N/) every this many steps: a few minutes of CPU work at most.
-TRAIN_SAVE_INTERVAL = 200
+# Training checkpoints (step_N/) every this many steps: a couple of minutes of CPU work at most.
+TRAIN_SAVE_INTERVAL = 50
 
 
 @dataclass(frozen=True)
