@@ -20,11 +20,16 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_root() -> Path:
-    """Root of draftsmith's caches: $DRAFTSMITH_CACHE, else ./cache of the repo checkout."""
+    """Root of draftsmith's caches: $DRAFTSMITH_CACHE; else `cache/` of the source checkout
+    (so `make test` / `make demo` share one cache whatever the working directory); else
+    `./cache` of the working directory for an installed package."""
     env = os.environ.get("DRAFTSMITH_CACHE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "cache"
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "cache"
+    return Path.cwd() / "cache"
 
 
 def _package_dir(package: str) -> Path:
