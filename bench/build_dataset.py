@@ -9,8 +9,9 @@ Compares, in the same run and on the same rows:
 
     python bench/build_dataset.py [--rows 5000] [--repeats 3] [--specforge-python /tmp/specforge-venv/bin/python]
 
-Writes bench/results/build_dataset.json. Medians over repeats; the machine is shared, so
-compare the ratios measured in the same run.
+Writes bench/results/build_dataset.json: wall and CPU seconds (medians over repeats, ours and
+the tokenizer alone interleaved in each repeat), and the ratios per repeat. The machine is
+shared, so compare the ratios measured in the same run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,13 +64,15 @@ def sharegpt_rows(n: int) -> list[dict]:
     return rows
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def measure(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process and its finished children, result)."""
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    wall0, cpu0 = time.perf_counter(), cpu()
+    result = fn()
+    return time.perf_counter() - wall0, cpu() - cpu0, result
 
 
 def main() -> int:
@@ -100,29 +104,41 @@ def main() -> int:
                      "machine": f"{os.cpu_count()}-core CPU shared with other jobs ({platform.processor() or platform.machine()})",
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": {}}
 
-    for template, num_proc in itertools.product(("qwen", "hf"), (1, 2)):
-        cfg = BuildConfig(data_path=str(data), tokenizer=tokenizer_dir, chat_template=template,
-                          max_length=args.max_length, num_proc=num_proc, output=str(work / f"out-{template}-{num_proc}"),
-                          overwrite=True)
-        seconds, result = timed(lambda: build_dataset(cfg), args.repeats)
-        rep = result.report
-        results["runs"][f"ours_{template}_np{num_proc}"] = {
-            "seconds": seconds, "rows_out": rep["rows_out"], "tokens": rep["tokens"],
-            "conversations_per_s": len(rows) / seconds, "tokens_per_s": rep["tokens"] / seconds}
-        print(f"ours {template} num_proc={num_proc}: {seconds:.2f}s", flush=True)
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    template = get_template("qwen")
-    texts = [template.render(r["conversations"]).text for r in rows]
+    texts = [get_template("qwen").render(r["conversations"]).text for r in rows]
     backend = backend_tokenizer(tokenizer)
-    seconds, encodings = timed(lambda: backend.encode_batch(texts, add_special_tokens=False), args.repeats)
-    tokens = sum(min(len(e.ids), args.max_length) for e in encodings)
-    results["runs"]["tokenizer_alone_encode_batch"] = {
-        "seconds": seconds, "tokens": tokens, "conversations_per_s": len(rows) / seconds,
-        "tokens_per_s": sum(len(e.ids) for e in encodings) / seconds}
-    seconds, _ = timed(lambda: tokenizer(texts, add_special_tokens=False), args.repeats)
-    results["runs"]["tokenizer_alone_hf_call"] = {"seconds": seconds, "conversations_per_s": len(rows) / seconds}
-    print(f"tokenizer alone: {results['runs']['tokenizer_alone_encode_batch']['seconds']:.2f}s", flush=True)
+    configs = list(itertools.product(("qwen", "hf"), (1, 2)))
+    samples: dict[str, list[tuple[float, float]]] = {}
+    reports: dict[str, dict] = {}
+    for _ in range(args.repeats):  # interleaved, so that each repeat sees the same machine load
+        wall, cpu, encodings = measure(lambda: backend.encode_batch(texts, add_special_tokens=False))
+        samples.setdefault("tokenizer_alone_encode_batch", []).append((wall, cpu))
+        wall, cpu, _ = measure(lambda: tokenizer(texts, add_special_tokens=False))
+        samples.setdefault("tokenizer_alone_hf_call", []).append((wall, cpu))
+        for template, num_proc in configs:
+            cfg = BuildConfig(data_path=str(data), tokenizer=tokenizer_dir, chat_template=template,
+                              max_length=args.max_length, num_proc=num_proc,
+                              output=str(work / f"out-{template}-{num_proc}"), overwrite=True)
+            wall, cpu, result = measure(lambda: build_dataset(cfg))
+            name = f"ours_{template}_np{num_proc}"
+            samples.setdefault(name, []).append((wall, cpu))
+            reports[name] = result.report
+            print(f"{name}: {wall:.2f}s wall, {cpu:.2f}s cpu", flush=True)
+    full_tokens = sum(len(e.ids) for e in encodings)
+    for name, values in samples.items():
+        wall = statistics.median(w for w, _ in values)
+        run = {"seconds": wall, "cpu_seconds": statistics.median(c for _, c in values),
+               "seconds_all": [round(w, 3) for w, _ in values], "conversations_per_s": len(rows) / wall}
+        if name in reports:
+            run.update(rows_out=reports[name]["rows_out"], tokens=reports[name]["tokens"],
+                       tokens_per_s=reports[name]["tokens"] / wall)
+        else:
+            run.update(tokens=full_tokens, tokens_per_s=full_tokens / wall)
+        results["runs"][name] = run
+    alone = samples["tokenizer_alone_encode_batch"]
+    results["ratios_per_repeat"] = {
+        f"{name}_over_tokenizer_alone": [round(o[0] / a[0], 3) for o, a in zip(samples[name], alone)]
+        for name in (f"ours_{t}_np{n}" for t, n in configs)}
 
     if args.specforge_python and Path(args.specforge_python).exists():
         for num_proc in (1, 2):
@@ -142,10 +158,7 @@ def main() -> int:
             print(f"specforge num_proc={num_proc}: {seconds:.2f}s", flush=True)
 
     runs = results["runs"]
-    ratios = {"ours_qwen_np1_over_tokenizer_alone": runs["ours_qwen_np1"]["seconds"]
-              / runs["tokenizer_alone_encode_batch"]["seconds"],
-              "ours_hf_np1_over_tokenizer_alone": runs["ours_hf_np1"]["seconds"]
-              / runs["tokenizer_alone_encode_batch"]["seconds"]}
+    ratios = {name: statistics.median(values) for name, values in results["ratios_per_repeat"].items()}
     for n in (1, 2):
         if f"specforge_qwen_np{n}" in runs:
             ratios[f"speedup_vs_specforge_qwen_np{n}"] = runs[f"specforge_qwen_np{n}"]["seconds"] / runs[f"ours_qwen_np{n}"]["seconds"]

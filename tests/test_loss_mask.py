@@ -16,7 +16,7 @@ from tests._build_helpers import (REASONING, TOOLS, annotate, random_conversatio
 def test_straddling_and_empty_tokens():
     # text "abcdefghij", span [3, 6) = "def"
     offsets = np.array([[0, 2], [2, 4], [4, 5], [5, 7], [7, 10], [6, 6], [3, 3]])
-    mask = char_spans_to_token_mask(offsets, [(3, 6)], 10)
+    mask = char_spans_to_token_mask(offsets, [(3, 6)])
     # "ab" no; "cd" straddles the start: yes; "e" yes; "fg" straddles the end: yes; "hij" no;
     # empty token at 6 (first char after the span) no; empty token at 3 yes
     assert mask.tolist() == [0, 1, 1, 1, 0, 0, 1]
@@ -25,8 +25,10 @@ def test_straddling_and_empty_tokens():
 
 def test_overlapping_and_adjacent_spans():
     offsets = np.array([[i, i + 1] for i in range(6)])
-    assert char_spans_to_token_mask(offsets, [(0, 2), (1, 3), (4, 4), (5, 6)], 6).tolist() == [1, 1, 1, 0, 0, 1]
-    assert char_spans_to_token_mask(np.zeros((0, 2), dtype=np.int64), [(0, 1)], 0).tolist() == []
+    assert char_spans_to_token_mask(offsets, [(0, 2), (1, 3), (4, 4), (5, 6)]).tolist() == [1, 1, 1, 0, 0, 1]
+    assert char_spans_to_token_mask(offsets, [(5, 6), (0, 1)]).tolist() == [1, 0, 0, 0, 0, 1]  # any order
+    assert char_spans_to_token_mask(offsets, []).tolist() == [0] * 6
+    assert char_spans_to_token_mask(np.zeros((0, 2), dtype=np.int64), [(0, 1)]).tolist() == []
 
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},

@@ -22,7 +22,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -243,9 +244,16 @@ def _read_rows(cfg: BuildConfig, skipped: list[dict], counts: Counter) -> Iterat
 def _chunks(cfg: BuildConfig, tokenizer, skipped: list[dict], counts: Counter) -> Iterator[_Chunk]:
     rows = _read_rows(cfg, skipped, counts)
     if cfg.num_proc <= 1:
+        # two threads: one chunk's tokenization (Rust, GIL released) overlaps the next one's rendering and masking
         worker = _Worker(cfg, tokenizer)
-        for chunk in rows:
-            yield worker.process(chunk)
+        with ThreadPoolExecutor(2) as pool:
+            pending: deque = deque()
+            for chunk in rows:
+                pending.append(pool.submit(worker.process, chunk))
+                if len(pending) > 2:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         return
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked Rust thread pools deadlock otherwise

@@ -12,6 +12,7 @@ its offset. Offsets are characters of the rendered text (Python str indices), as
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -36,20 +37,26 @@ def backend_tokenizer(tokenizer):
     return backend
 
 
-def char_spans_to_token_mask(offsets: np.ndarray, spans: Sequence[Span], text_length: int) -> np.ndarray:
+def char_spans_to_token_mask(offsets: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
     """Loss mask (int8 0/1, one per token) for tokens with character `offsets` [T, 2]."""
     if len(offsets) == 0:
         return np.zeros(0, dtype=np.int8)
-    covered = np.zeros(text_length + 1, dtype=np.int32)
-    for start, end in spans:
-        if end > start:
-            covered[start] += 1
-            covered[end] -= 1
-    supervised_chars = np.cumsum(covered[:-1]) > 0
-    prefix = np.concatenate(([0], np.cumsum(supervised_chars, dtype=np.int64)))
-    begin = np.clip(offsets[:, 0], 0, text_length)
-    end = np.clip(np.maximum(offsets[:, 1], offsets[:, 0] + 1), 0, text_length)
-    return ((prefix[end] - prefix[begin]) > 0).astype(np.int8)
+    merged: list[list[int]] = []
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    if not merged:
+        return np.zeros(len(offsets), dtype=np.int8)
+    starts, ends = np.array(merged, dtype=np.int64).T
+    begin = offsets[:, 0]
+    end = np.maximum(offsets[:, 1], begin + 1)
+    # the first span ending after the token's first character overlaps it iff it starts before the token ends
+    idx = np.searchsorted(ends, begin, side="right")
+    hit = idx < len(ends)
+    hit[hit] = starts[idx[hit]] < end[hit]
+    return hit.astype(np.int8)
 
 
 def tokenize_with_mask(backend, texts: Sequence[str], spans: Sequence[Sequence[Span]]
@@ -60,8 +67,8 @@ def tokenize_with_mask(backend, texts: Sequence[str], spans: Sequence[Sequence[S
     (as transformers' `apply_chat_template(tokenize=True)` does).
     """
     out = []
-    for text, text_spans, enc in zip(texts, spans, backend.encode_batch(list(texts), add_special_tokens=False)):
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        out.append((ids, char_spans_to_token_mask(offsets, text_spans, len(text))))
+    for text_spans, enc in zip(spans, backend.encode_batch(list(texts), add_special_tokens=False)):
+        ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
+        offsets = np.fromiter(chain.from_iterable(enc.offsets), dtype=np.int64, count=2 * len(ids)).reshape(-1, 2)
+        out.append((ids, char_spans_to_token_mask(offsets, text_spans)))
     return out
