@@ -227,3 +227,14 @@ def test_hf_preformatted_markers():
     jt = JinjaTemplate(real_tokenizer("qwen3"))
     r = get_template("qwen3").render(SYSTEM_MULTI)
     assert jt.parse(r.text).spans == r.spans
+
+
+def test_hf_generation_blocks_give_the_spans():
+    template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+                "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}"
+                "{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    jt = JinjaTemplate(real_tokenizer("smollm2"), chat_template=template)
+    r = jt.render(SYSTEM_MULTI)
+    assert r.text == get_template("qwen").render(SYSTEM_MULTI).text
+    assert _texts(r) == ["Hello!<|im_end|>", "Blue.\n<|im_end|>"]
