@@ -382,6 +382,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
             "truncated": counts["truncated"], "tokens": counts["tokens"],
             "supervised_tokens": counts["supervised_tokens"], "seconds": round(time.perf_counter() - started, 3),
         }
+        skipped.sort(key=lambda s: (s.get("line") or 0, s.get("index") or 0))
         with open(tmp / SKIPPED, "w", encoding="utf-8") as f:
             for s in skipped:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
