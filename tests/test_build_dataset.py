@@ -34,7 +34,7 @@ def sharegpt_rows() -> list[dict]:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     """Dataset caches go to tmp_path; tokenizer paths are resolved (memoized) from the real cache first."""
-    tokenizer_path("smollm2"), tokenizer_path("qwen3"), real_tokenizer("smollm2")
+    tokenizer_path("smollm2"), tokenizer_path("qwen3"), tokenizer_path("llama3_1"), real_tokenizer("smollm2")
     monkeypatch.setenv("DRAFTSMITH_CACHE", str(tmp_path / "cache"))
 
 
@@ -201,3 +201,19 @@ def test_config_errors(tmp_path):
     text = config_from_args(parser.parse_args(["--data-path", data, "--tokenizer", "t", "--system-prompt", "Hi"]))
     assert (opt_in.use_template_system_prompt, opt_in.system_prompt) == (True, None)
     assert (text.use_template_system_prompt, text.system_prompt) == (False, "Hi")
+
+
+@pytest.mark.parametrize("tok_name,expected", [
+    ("llama3_1", "Hello!<|eot_id|>Blue.<|eot_id|>"),
+    ("qwen3", "Hello!<|im_end|><think>\nsky\n</think>\n\nBlue.\n<|im_end|>"),
+])
+def test_real_llama3_and_qwen3_tokenizers(tmp_path, tok_name, expected):
+    conv = [dict(m) for m in SYSTEM_MULTI]
+    if tok_name == "qwen3":
+        conv[-1]["reasoning_content"] = "sky"
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": conv}])
+    result = build_dataset(BuildConfig(data_path=data, tokenizer=str(tokenizer_path(tok_name))))
+    row = load_from_disk(str(result.path))[0]
+    tok = real_tokenizer(tok_name)
+    assert row["input_ids"] == list(tok.apply_chat_template(conv, tokenize=True, return_dict=False))
+    assert tok.decode([i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]) == expected
