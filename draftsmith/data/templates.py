@@ -463,10 +463,6 @@ class JinjaTemplate:
         self.stop_markers = tuple(sorted(stops, key=len, reverse=True))
         self._stop_re = re.compile("|".join(re.escape(s) for s in self.stop_markers))
 
-    def fingerprint(self) -> str:
-        return json.dumps({"source": self.source, "stops": self.stop_markers, "vars": self._variables},
-                          sort_keys=True)
-
     def render_text(self, messages: Sequence[dict], add_generation_prompt: bool = False,
                     tools: list | None = None, **switches) -> str:
         try:
@@ -494,6 +490,7 @@ class JinjaTemplate:
 
     def render(self, messages: Sequence[dict], system_prompt: str | None = None,
                use_default_system: bool = False, tools: list | None = None) -> Rendered:
+        """Render with the jinja template (its own default system prompt, if any, always applies)."""
         messages = list(messages)
         if system_prompt is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system_prompt})
