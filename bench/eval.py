@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.benchmarks, cfg.limit = [name], limit
         summaries += evaluate(cfg, tokenizer, model, draft, log=lambda m: print(m, flush=True))["benchmarks"]
     record = config_record(cfg)
+    record.pop("limit")
     record.update(benchmarks=[n for n, _ in benchmarks], limits=dict(benchmarks),
                   checkpoint=str(args.checkpoint) if args.checkpoint else None,
                   metrics=str(args.metrics) if args.metrics else None,

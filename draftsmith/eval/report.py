@@ -205,7 +205,7 @@ def write_report(report: dict[str, Any], output: str | Path, metrics_path: str |
     cfg = report.get("config", {})
     head = [f"# Speculative decoding: {cfg.get('draft_model_path', '')}", "",
             f"target `{cfg.get('target_model_path', '')}`, device {cfg.get('device', '')}, dtype {cfg.get('dtype', '')}, "
-            f"max {cfg.get('max_new_tokens', '')} new tokens, greedy. {cfg.get('date', '')}", ""]
+            f"max {cfg.get('max_new_tokens', '')} new tokens, greedy. {cfg.get('date', '')}", "", ""]
     write_text_atomic(paths["markdown"], "\n".join(head) + markdown_table(summaries))
     metrics = read_metrics(metrics_path) if metrics_path else None
     plot(summaries, paths["png"], metrics)
