@@ -296,3 +296,43 @@ def test_eval_refuses_an_invalid_draft(tiny_llama_dir, served_draft, tmp_path, c
     code = cli.run_command("eval", ["--target-model-path", str(tiny_llama_dir), "--draft-model-path", str(bad),
                                     "--benchmark", "gsm8k", "--limit", "1", "--output", str(tmp_path / "r.json")])
     assert code == 2 and "SGLang ids" in capsys.readouterr().err
+
+
+def test_sglang_client_reads_acceptance_from_meta_info(tiny_llama_dir, tmp_path):
+    """Against a stand-in for SGLang's /generate (the real server cannot run here): the request
+    carries the chat-templated prompt, greedy, and τ comes from completion_tokens / spec_verify_ct."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            reply = {"text": "ok", "meta_info": {"completion_tokens": 9, "spec_verify_ct": 4}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "served.json"
+        code = cli.run_command("eval", ["--backend", "sglang", "--server-url", f"http://127.0.0.1:{server.server_port}",
+                                        "--target-model-path", str(tiny_llama_dir), "--benchmark", "mtbench",
+                                        "--limit", "1", "--max-new-tokens", "16", "--output", str(out)])
+    finally:
+        server.shutdown()
+    assert code == 0
+    (s,) = json.loads(out.read_text())["benchmarks"]
+    assert s["requests"] == 2 and s["tau_sglang"] == 18 / 8 and s["tau"] == 16 / 8
+    path, body = seen[1]
+    assert path == "/generate" and body["sampling_params"] == {"temperature": 0.0, "max_new_tokens": 16}
+    assert body["text"].count("<|im_start|>user") == 2 and "ok<|im_end|>" in body["text"]   # turn 2 after answer 1
