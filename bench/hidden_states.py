@@ -76,8 +76,9 @@ def tiny_model(work: Path) -> Path:
     return out
 
 
-def bare_forwards(model_dir: Path, data_dir: Path, cfg: HiddenStatesConfig) -> tuple[float, int]:
-    """Seconds of base-model forwards over the stage's own batches (no capture, encode or write)."""
+def bare_forwards(model_dir: Path, data_dir: Path, cfg: HiddenStatesConfig) -> tuple[float, int, float]:
+    """Wall seconds, tokens and process CPU seconds of base-model forwards over the stage's own
+    batches (no capture, encode or write)."""
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
@@ -99,16 +100,16 @@ def bare_forwards(model_dir: Path, data_dir: Path, cfg: HiddenStatesConfig) -> t
         batches.append((ids.to(device), mask.to(device)))
     with torch.no_grad():
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for ids, mask in batches:
             model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                         use_cache=False)
         _sync(device)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return seconds, sum(int(mask.sum()) for _, mask in batches)
+    return seconds, sum(int(mask.sum()) for _, mask in batches), cpu
 
 
 def _sync(device: torch.device) -> None:
@@ -140,12 +141,17 @@ def main() -> None:
             cfg = HiddenStatesConfig(model_path=str(model_dir), data_path=str(data_dir),
                                      output_path=str(work / f"store{repeat}"), max_length=args.max_length,
                                      batch_size=args.batch_size, dtype=args.dtype, codec=args.codec, progress=False)
-            bare_before, tokens = bare_forwards(model_dir, data_dir, cfg)
+            bare_before, tokens, cpu_before = bare_forwards(model_dir, data_dir, cfg)
+            cpu_start = time.process_time()
             summary = run_hidden_states(cfg)
-            bare_after, _ = bare_forwards(model_dir, data_dir, cfg)
+            stage_cpu = time.process_time() - cpu_start  # includes loading the model (a few CPU-seconds)
+            bare_after, _, cpu_after = bare_forwards(model_dir, data_dir, cfg)
             bare_s = (bare_before + bare_after) / 2  # bracketing the stage cancels slow drifts in machine load
+            bare_cpu = (cpu_before + cpu_after) / 2
             run = {"repeat": repeat, "bare_forward_s_before": round(bare_before, 2),
                    "bare_forward_s_after": round(bare_after, 2), "stage_loop_s": round(summary["loop_s"], 2),
+                   "bare_cpu_s": round(bare_cpu, 2), "stage_cpu_s": round(stage_cpu, 2),
+                   "cpu_overhead_ratio": round(stage_cpu / bare_cpu, 3),
                    "stage_wall_s_with_load": round(summary["wall_s"], 2), "tokens": tokens,
                    "overhead_ratio": round(summary["loop_s"] / bare_s, 3),
                    "stage_tokens_per_s": round(summary["tokens_per_s"], 1),

@@ -64,9 +64,9 @@ Dataset.from_dict({"id": [f"s{i}" for i in range(samples)], "input_ids": ids.tol
 cfg = HiddenStatesConfig(model_path=str(work / "model"), data_path=str(work / "data"),
                          output_path=str(work / "store"), max_length=length, batch_size=4,
                          dtype=str(dtype).replace("torch.", ""), device=device, progress=False, force=True)
-bare_before, tokens = bare_forwards(work / "model", work / "data", cfg)
+bare_before, tokens, _ = bare_forwards(work / "model", work / "data", cfg)
 summary = run_hidden_states(cfg)
-bare_after, _ = bare_forwards(work / "model", work / "data", cfg)
+bare_after, _, _ = bare_forwards(work / "model", work / "data", cfg)
 bare = (bare_before + bare_after) / 2
 report = {
     "benchmark": f"hidden-states on a random {shape} Llama, {samples} x {length} tokens, batch 4, {dtype}",
