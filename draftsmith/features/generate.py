@@ -513,10 +513,11 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     finally:
         if writer is not None:
             writer.close()
-        progress.add(0, force=True)
-        progress.close()
+        progress.add(0, force=True)  # publish this rank's final count
     t_loop_end = time.monotonic()
     dist.barrier()
+    progress.add(0, force=True)  # every count is final now: the bar ends at the global total
+    progress.close()
     tokens_all = sum(dist.all_gather_objects(tokens_run if writes else 0))
 
     summary = None
