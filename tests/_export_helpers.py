@@ -9,7 +9,7 @@ import torch
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 
-AUX = [1, 2, 3]          # a 4-layer target: the default [2, L//2, L-3] = [2, 2, 1] is not three layers
+AUX = [1, 2, 3]          # explicit ids, not the default [2, L//2, L-3], so the id conventions are exercised
 DRAFT_VOCAB = 512
 
 

@@ -17,7 +17,7 @@ WORDS = ("the cat sat on a mat and then it ran to the big red house with many sm
 
 def small_draft(vocab: int = 300, hidden: int = 64, draft_vocab: int | None = None, seed: int = 0,
                 dtype: torch.dtype = torch.float32) -> Eagle3Draft:
-    target = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=6,
+    target = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=8,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab, rope_theta=50000.0)
     cfg = Eagle3Config.from_target_config(target, draft_vocab_size=draft_vocab or vocab)
     torch.manual_seed(seed)

@@ -18,7 +18,7 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
-def _save_tiny(out: Path, arch: str, vocab_size: int = 49152, num_layers: int = 4, hidden: int = 64) -> Path:
+def _save_tiny(out: Path, arch: str, vocab_size: int = 49152, num_layers: int = 8, hidden: int = 64) -> Path:
     from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
                               Qwen2ForCausalLM)
 
@@ -43,13 +43,13 @@ def _save_tiny(out: Path, arch: str, vocab_size: int = 49152, num_layers: int = 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A 4-layer, hidden-64 random Llama with the SmolLM2 tokenizer (ChatML template)."""
+    """An 8-layer (default aux layers [2, 4, 5]), hidden-64 random Llama with the SmolLM2 tokenizer (ChatML template)."""
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), "llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
-    """A 4-layer, hidden-64 random Qwen2 with the SmolLM2 tokenizer."""
+    """An 8-layer, hidden-64 random Qwen2 with the SmolLM2 tokenizer."""
     return _save_tiny(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")
 
 

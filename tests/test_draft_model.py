@@ -69,7 +69,7 @@ def test_config_from_target_defaults_and_overrides():
 @pytest.mark.parametrize("target", [
     _target(),
     _target(rope_scaling=dict(LLAMA3_SCALING), rope_theta=500000.0, max_position_embeddings=131072),
-    Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=4,
+    Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=300, rope_theta=1000000.0),
 ])
 def test_rope_settings_round_trip_into_config_json(tmp_path, target):

@@ -21,7 +21,7 @@ def _reference(model, input_ids, layers):
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
 def test_features_equal_hf_hidden_states_exactly_in_bf16(fixture, request):
     target = load_target(request.getfixturevalue(fixture), dtype=torch.bfloat16)
-    assert target.aux_layers == default_aux_layers(4) == [2, 2, 1]
+    assert target.aux_layers == default_aux_layers(8) == [2, 4, 5]
     assert (target.hidden_size, target.vocab_size) == (64, 49152)
     ids = torch.randint(3, 49152, (2, 29))
     feats = target.features(ids, torch.ones_like(ids))
@@ -34,14 +34,22 @@ def test_features_equal_hf_hidden_states_exactly_in_bf16(fixture, request):
     assert torch.equal(feats["hidden_state"] @ target.lm_head_weight.T, logits)
 
 
+def test_default_aux_layers_refuse_targets_too_shallow_for_three_distinct_layers():
+    assert default_aux_layers(7) == [2, 3, 4]
+    assert default_aux_layers(32) == [2, 16, 29]
+    for num_layers in (4, 5, 6):
+        with pytest.raises(DraftsmithError, match="--aux-layers"):
+            default_aux_layers(num_layers)
+
+
 def test_aux_layer_override_and_range_check(tiny_llama_dir):
     target = load_target(tiny_llama_dir, dtype=torch.float32, aux_layers=[0, 3])
     ids = torch.randint(3, 49152, (1, 17))
     aux, _, _ = _reference(target.model, ids, [0, 3])
     assert torch.equal(target.features(ids)["aux_hidden_states"], aux)
     assert torch.equal(target.features(ids)["aux_hidden_states"][..., :64], target.embed_tokens(ids))
-    with pytest.raises(DraftsmithError, match="aux layer 4"):
-        load_target(tiny_llama_dir, aux_layers=[1, 4])
+    with pytest.raises(DraftsmithError, match="aux layer 8"):
+        load_target(tiny_llama_dir, aux_layers=[1, 8])
 
 
 def _pad(seqs, side, width):

@@ -26,7 +26,7 @@ def _one_thread():
 
 
 REPO = Path(__file__).resolve().parent.parent
-AUX = [1, 2, 3]   # the default [2, L//2, L-3] repeats a layer in a 4-layer model
+AUX = [1, 2, 3]   # explicit ids (the trainer's --aux-layers path), not the default [2, L//2, L-3]
 
 
 @pytest.fixture(scope="module")

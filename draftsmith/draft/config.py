@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from draftsmith.errors import InputError
+from draftsmith.target.hf import default_aux_layers
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
@@ -86,7 +87,7 @@ class Eagle3Config:
             draft_vocab_size=int(draft_vocab_size or vocab),
             target_hidden_size=hidden,
             aux_layer_ids=list(aux_layer_ids) if aux_layer_ids is not None
-            else [2, num_layers // 2, num_layers - 3],
+            else default_aux_layers(num_layers),
             target_num_hidden_layers=num_layers,
             rope_theta=theta,
             rope_scaling=scaling,

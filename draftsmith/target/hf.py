@@ -32,8 +32,18 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
-    """SGLang's EAGLE-3 choice: the inputs of layers 2, L//2 and L-3."""
-    return [2, num_layers // 2, num_layers - 3]
+    """SGLang's and vLLM's EAGLE-3 choice: the inputs of layers 2, L//2 and L-3.
+
+    Below 7 layers those collide (4 layers give [2, 2, 1]); both engines would then fuse
+    fewer than three distinct layers, so we refuse rather than train a draft that
+    cannot be served.
+    """
+    ids = [2, num_layers // 2, num_layers - 3]
+    if not ids[0] < ids[1] < ids[2]:
+        raise DraftsmithError(
+            f"a {num_layers}-layer target has no three distinct default EAGLE-3 aux layers "
+            f"(2, L//2, L-3 = {ids}): pass --aux-layers with three increasing ids below {num_layers}")
+    return ids
 
 
 def _decoder_layers(decoder: nn.Module, num_layers: int) -> nn.ModuleList:
