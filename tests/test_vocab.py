@@ -68,23 +68,6 @@ def test_cache_reuse_and_rebuilt_dataset(tmp_path):
     assert build_vocab_mapping(path, 10, 2).draft_to_target.tolist() == [3, 4]
 
 
-
-def test_folder_without_fingerprint_is_keyed_by_its_files(tmp_path):
-    """A dataset folder made by other tools may carry no fingerprint: a rebuild must still miss the cache."""
-    import json
-
-    def strip_fingerprint(path):
-        state = path / "state.json"
-        state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "_fingerprint"}))
-        return path
-
-    path = strip_fingerprint(_dataset(tmp_path / "ds", [([1, 2, 2], [1, 1, 1])]))
-    assert build_vocab_mapping(path, 10, 2).draft_to_target.tolist() == [1, 2]
-    (path / "vocab").rename(tmp_path / "keep")
-    strip_fingerprint(_dataset(path, [([3, 4, 4, 4], [1, 1, 1, 1])]))
-    (tmp_path / "keep").rename(path / "vocab")
-    assert build_vocab_mapping(path, 10, 2).draft_to_target.tolist() == [3, 4]
-
 def test_errors(tmp_path):
     path = _dataset(tmp_path / "ds", [([1, 12], [1, 1])])
     with pytest.raises(Exception, match="outside the target vocab of 10"):

@@ -10,7 +10,6 @@ build key) so a second call is instant and a rebuilt dataset never reuses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,16 +93,7 @@ def _dataset_key(dataset_path: Path) -> str:
     if manifest.is_file():
         return json.loads(manifest.read_text(encoding="utf-8")).get("key", "")
     state = dataset_path / "state.json"
-    fingerprint = json.loads(state.read_text(encoding="utf-8")).get("_fingerprint", "") if state.is_file() else ""
-    if fingerprint:
-        return fingerprint
-    # A folder made elsewhere (e.g. a DatasetDict): key it by its files, so a rebuilt
-    # dataset never reuses a mapping counted on the old one.
-    digest = hashlib.sha256()
-    for f in sorted(p for p in dataset_path.rglob("*") if p.is_file() and VOCAB_DIR not in p.parts):
-        st = f.stat()
-        digest.update(f"{f.relative_to(dataset_path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return "files-" + digest.hexdigest()
+    return json.loads(state.read_text(encoding="utf-8")).get("_fingerprint", "") if state.is_file() else ""
 
 
 def build_vocab_mapping(dataset_path: str | Path, target_vocab_size: int, draft_vocab_size: int) -> VocabMapping:
