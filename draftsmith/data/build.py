@@ -399,6 +399,38 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
 TEMPLATE_DEFAULT = object()
 
 
+def is_tokenized_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def load_tokenized(data_path: str | Path, *, tokenizer: str | None, chat_template: str | None, max_length: int,
+                   is_preformatted: bool, flag: str = "--data-path"):
+    """(dataset, folder) for a stage's data flag: an existing tokenized dataset ✱ (its `train`
+    split for a DatasetDict), or conversations / pre-formatted rows built here (cached by inputs).
+    The hidden-states stage and the trainer both read their input through this."""
+    from datasets import load_from_disk
+
+    path = Path(data_path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path, field=flag)
+    if not is_tokenized_folder(path):
+        if tokenizer is None:
+            raise DraftsmithError(f"{flag} {path} needs tokenizing: give the target model (its tokenizer)")
+        result = build_dataset(BuildConfig(data_path=str(path), tokenizer=tokenizer,
+                                           chat_template=chat_template or "hf", max_length=max_length,
+                                           is_preformatted=is_preformatted, output=None))
+        path = Path(result.path)
+    ds = load_from_disk(str(path))
+    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        if "train" not in ds:
+            raise InputError(f"dataset folder has splits {list(ds)} and no 'train'", path=path)
+        ds = ds["train"]
+    for column in ("input_ids", "loss_mask"):
+        if column not in ds.column_names:
+            raise InputError("tokenized dataset lacks a column", path=path, field=column)
+    return ds, path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-path", required=True, help="conversations or pre-formatted JSONL/JSON/parquet")
     parser.add_argument("--tokenizer", "--model-path", dest="tokenizer", required=True,

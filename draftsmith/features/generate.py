@@ -92,36 +92,12 @@ def default_output_path(model_path: str, data_path: str) -> Path:
 
 # ---------------------------------------------------------------- input rows
 
-def _is_tokenized_folder(path: Path) -> bool:
-    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
-
-
 def load_tokenized(cfg: HiddenStatesConfig):
     """The tokenized dataset ✱ for the config: the folder itself, or build-dataset's output."""
-    from datasets import load_from_disk
+    from draftsmith.data.build import load_tokenized as load
 
-    path = Path(cfg.data_path)
-    if not path.exists():
-        raise InputError("no such file or folder", path=path, field="--data-path")
-    if not _is_tokenized_folder(path):
-        from draftsmith.data.build import BuildConfig, build_dataset
-
-        result = build_dataset(BuildConfig(
-            data_path=str(path), tokenizer=cfg.tokenizer or cfg.model_path,
-            chat_template=cfg.chat_template or "hf", max_length=cfg.max_length,
-            is_preformatted=cfg.is_preformatted, output=None))
-        path = Path(result.path)
-    from datasets import DatasetDict
-
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):  # take its train split
-        if "train" not in ds:
-            raise InputError(f"dataset folder has splits {list(ds)} and no 'train'", path=path)
-        ds = ds["train"]
-    for column in ("input_ids", "loss_mask"):
-        if column not in ds.column_names:
-            raise InputError("tokenized dataset lacks a column", path=path, field=column)
-    return ds, path
+    return load(cfg.data_path, tokenizer=cfg.tokenizer or cfg.model_path, chat_template=cfg.chat_template,
+                max_length=cfg.max_length, is_preformatted=cfg.is_preformatted, flag="--data-path")
 
 
 def row_lengths(ds, path: Path) -> list[int]:

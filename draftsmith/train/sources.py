@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.errors import DraftsmithError
 
 
 def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -106,39 +106,6 @@ class OnlineSource:
 
 
 # ----- data and weights behind the sources -------------------------------------------------------
-
-def is_tokenized_folder(path: Path) -> bool:
-    return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
-
-
-def load_tokenized(data_path: str, *, tokenizer: str | None, chat_template: str | None, max_length: int,
-                   is_preformatted: bool, flag: str = "--train-data-path"):
-    """(dataset, folder): an existing tokenized dataset ✱, or conversations / pre-formatted JSONL
-    tokenized by build-dataset (cached by its inputs)."""
-    from datasets import load_from_disk
-
-    path = Path(data_path)
-    if not path.exists():
-        raise InputError("no such file or folder", path=path, field=flag)
-    if not is_tokenized_folder(path):
-        from draftsmith.data.build import BuildConfig, build_dataset
-
-        if tokenizer is None:
-            raise DraftsmithError(f"{flag} {path} needs tokenizing: give --target-model-path (its tokenizer)")
-        result = build_dataset(BuildConfig(data_path=str(path), tokenizer=tokenizer,
-                                           chat_template=chat_template or "hf", max_length=max_length,
-                                           is_preformatted=is_preformatted, output=None))
-        path = Path(result.path)
-    ds = load_from_disk(str(path))
-    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
-        if "train" not in ds:
-            raise InputError(f"dataset folder has splits {list(ds)} and no 'train'", path=path)
-        ds = ds["train"]
-    for column in ("input_ids", "loss_mask"):
-        if column not in ds.column_names:
-            raise InputError("tokenized dataset lacks a column", path=path, field=column)
-    return ds, path
-
 
 @dataclass
 class TargetWeights:

@@ -309,7 +309,7 @@ class Trainer:
                 .to(self.device).detach()
 
     def _tokenized(self, path: str, flag: str, model_path: str | None = None):
-        from draftsmith.train.sources import load_tokenized
+        from draftsmith.data.build import load_tokenized
 
         if not path:
             raise InputError("no data path given (a top-K store needs the tokenized data it was made from)",
