@@ -48,7 +48,7 @@ class DemoConfig:
     aux_layers: str | None = None  # "i,j,k" HF hidden-state indices; None: the stage's default [2, L//2, L-3]
     draft_vocab_size: int = 4096
     ttt_length: int = 3
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 1
     learning_rate: float = 1e-3
     num_steps: int = 5  # K, draft tokens per verify step at eval
