@@ -164,9 +164,8 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
     from draftsmith.cli import run_command
 
     run_dir = tmp_path / "run"
-    # A 4-layer target: the default aux layers [2, L//2, L-3] collapse to [2, 2, 1], so name three distinct ones.
     argv = ["--quick", "--target-model-path", str(tiny_llama_dir), "--output", str(run_dir),
-            "--aux-layers", "1,2,3", "--num-conversations", "12", "--eval-questions", "1", "--max-new-tokens", "16",
+            "--num-conversations", "12", "--eval-questions", "1", "--max-new-tokens", "16",
             "--device", "cpu"]
     assert run_command("demo", argv) == 0
     out = capsys.readouterr().out
