@@ -18,6 +18,16 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU
+    (opt in per module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _save_tiny(out: Path, arch: str, vocab_size: int = 49152, num_layers: int = 8, hidden: int = 64) -> Path:
     from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
                               Qwen2ForCausalLM)

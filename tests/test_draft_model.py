@@ -15,13 +15,7 @@ from draftsmith.draft import Eagle3Config, Eagle3Draft
 from draftsmith.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CHECKPOINT_NAMES = {

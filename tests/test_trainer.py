@@ -16,13 +16,7 @@ from _train_helpers import sharp_target, write_conversations
 from draftsmith.train.trainer import TrainConfig, Trainer, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,13 +12,7 @@ from draftsmith.train.ttt import (live_rows, step_inputs, step_rows, summarize, 
                                   ttt_mask, unroll)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-sync stalls on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
