@@ -33,7 +33,6 @@ vllm/model_executor/models/llama_eagle3.py (`midlayer.` renamed to `layers.0.`, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any, Mapping
 import torch
 
 from draftsmith.errors import DraftsmithError, InputError
-from draftsmith.fsutil import atomic_path, write_json_atomic
+from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 CONFIG_FILE = "config.json"
@@ -297,12 +296,7 @@ def read_checkpoint(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch
         raise InputError("not a checkpoint folder", path=folder)
     if not cfg_path.exists():
         raise InputError("missing config.json", path=folder)
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg}", path=cfg_path, line=e.lineno) from None
-    if not isinstance(config, dict):
-        raise InputError("config.json must hold a JSON object", path=cfg_path)
+    config = read_json_object(cfg_path)
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
         found = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))

@@ -31,6 +31,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from a user-supplied file; bad JSON is an InputError naming the file and line."""
+    from draftsmith.errors import InputError
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
+    if not isinstance(value, dict):
+        raise InputError("must hold a JSON object", path=path)
+    return value
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.errors import InputError
-from draftsmith.fsutil import atomic_path, write_json_atomic
+from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -230,11 +230,7 @@ class Eagle3Draft(nn.Module):
         for p in (config_path, weights_path):
             if not p.is_file():
                 raise InputError("missing file of a draft checkpoint", path=p)
-        try:
-            config_dict = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"invalid JSON: {e.msg}", path=config_path, line=e.lineno) from None
-        cfg = Eagle3Config.from_config_dict(config_dict, path=config_path)
+        cfg = Eagle3Config.from_config_dict(read_json_object(config_path), path=config_path)
         model = cls(cfg)
         state = load_file(str(weights_path))
         expected = model.state_dict()
