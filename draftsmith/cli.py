@@ -17,6 +17,7 @@ from draftsmith.errors import DraftsmithError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("draftsmith.data.prepare", "normalize a preset or local dataset into conversations JSONL"),
     "validate-data": ("draftsmith.data.validate", "check conversation / pre-formatted JSONL files without writing"),
+    "regenerate-data": ("draftsmith.data.regenerate", "replace the replies of conversations with the target's own"),
     "build-dataset": ("draftsmith.data.build", "tokenize + loss-mask conversations with a chat template"),
     "hidden-states": ("draftsmith.features.generate", "run the target and store EAGLE-3 features"),
     "train": ("draftsmith.train.cli", "train the EAGLE-3 draft (online or offline)"),

@@ -23,6 +23,7 @@ from draftsmith.errors import DraftsmithError
 from draftsmith.eval import benchmarks as bench
 from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
 from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
+from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,27 +45,6 @@ class EvalConfig:
     backend: str = "hf"
     server_url: str | None = None
     trust_remote_code: bool = False
-
-
-def eos_ids(tokenizer, model) -> tuple[int, ...]:
-    ids: set[int] = set()
-    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return tuple(sorted(ids))
-
-
-def render(tokenizer, messages: list[dict[str, str]]) -> str:
-    """The prompt text with the target tokenizer's chat template (plain turns for a base model)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None)).input_ids
 
 
 def load_models(cfg: EvalConfig):
@@ -102,7 +82,7 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
     aux_layers = list(draft.config.aux_layer_ids)
     spec_cfgs = [SpecConfig(num_steps=k, topk=cfg.topk, num_draft_tokens=cfg.num_draft_tokens,
                             max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos) for k in cfg.num_steps]
-    warm = encode(tokenizer, render(tokenizer, [{"role": "user", "content": "Hello"}]))
+    warm = encode_prompt(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": "Hello"}]))
     greedy_generate(model, warm, 4, eos)
     speculative_generate(model, draft, warm, SpecConfig(num_steps=2, topk=cfg.topk, max_new_tokens=4), aux_layers)
     summaries, lossless = [], True
@@ -113,7 +93,7 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
             for turn, text in enumerate(prompt.turns):
                 messages.append({"role": "user", "content": text})
-                ids = encode(tokenizer, render(tokenizer, messages))
+                ids = encode_prompt(tokenizer, render_prompt(tokenizer, messages))
                 plain = greedy_generate(model, ids, cfg.max_new_tokens, eos)
                 for s, result in zip(spec_cfgs, results):
                     spec = speculative_generate(model, draft, ids, s, aux_layers)
@@ -152,7 +132,7 @@ def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
             for text in prompt.turns:
                 messages.append({"role": "user", "content": text})
-                reply = sglang_client.generate(cfg.server_url, render(tokenizer, messages), cfg.max_new_tokens)
+                reply = sglang_client.generate(cfg.server_url, render_prompt(tokenizer, messages), cfg.max_new_tokens)
                 replies.append(reply)
                 messages.append({"role": "assistant", "content": reply.text})
         summaries.append(sglang_client.summarize(name, replies))

@@ -1,0 +1,350 @@
+"""regenerate-data: the target writes the assistant replies of a conversations JSONL.
+
+A draft learns to predict what the *target* says. Public datasets hold other models'
+replies (ShareGPT's are ChatGPT's), so at serving time the draft faces text unlike its
+training text; replacing every reply with the target's own greedy reply (the turns it
+will really be asked to speed up) closes that gap. Each user turn is answered in order,
+with the target's earlier replies as the history, the way a chat with it unfolds.
+
+Input: canonical conversations (anything `validate-data` accepts; pre-formatted text
+rows and rows with tool messages are skipped with a reason). Output in `--output-path`:
+`regenerated.jsonl` (canonical rows, `id`s kept), `regenerate_skipped.jsonl` (line +
+reason) and `regenerate_summary.json` whose counts add up: read == written + skipped.
+
+Conversations are batched in order of prompt length (little left-padding). The run is
+resumable: each finished batch is appended to `regenerated.partial.jsonl` and a rerun
+with the same settings continues after the last complete batch. Under torchrun each rank
+takes every world-size-th batch and rank 0 merges the parts in batch order, so the
+output does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from draftsmith import dist
+from draftsmith.data.conversation import normalize_row
+from draftsmith.data.formats import iter_records
+from draftsmith.errors import DraftsmithError
+from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
+from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
+
+OUTPUT = "regenerated.jsonl"
+SKIPPED = "regenerate_skipped.jsonl"
+SUMMARY = "regenerate_summary.json"
+SETTINGS = "regenerate_settings.json"
+
+
+@dataclass
+class RegenerateConfig:
+    model_path: str
+    data_path: list[Path]
+    output_path: Path
+    max_new_tokens: int = 512
+    max_prompt_length: int = 1536       # a turn whose prompt is longer ends the conversation there
+    max_turns: int | None = None        # answer at most this many user turns (None: all)
+    num_samples: int | None = None      # first N usable conversations
+    batch_size: int = 16
+    temperature: float = 0.0            # 0 = greedy, as speculative decoding is usually served and evaluated
+    top_p: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"                 # bfloat16 on CUDA, float32 on CPU
+    device: str | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "max_prompt_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DraftsmithError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise DraftsmithError(f"--max-turns must be >= 1, got {self.max_turns}")
+        if self.temperature < 0:
+            raise DraftsmithError(f"--temperature must be >= 0, got {self.temperature}")
+
+    def settings(self) -> dict:
+        """What decides the output: a rerun with other values must not continue an old partial file."""
+        keep = ("model_path", "max_new_tokens", "max_prompt_length", "max_turns", "num_samples", "batch_size",
+                "temperature", "top_p", "seed", "dtype")
+        record = {k: getattr(self, k) for k in keep}
+        record["data_path"] = [str(p) for p in self.data_path]
+        return record
+
+
+@dataclass
+class Item:
+    """One usable conversation: its place in the input, and the turns to answer."""
+
+    order: int
+    row_id: str
+    system: list[dict]
+    users: list[str]
+    where: dict
+    first_prompt_tokens: int = 0
+
+
+def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
+    """Usable conversations in input order; every other row goes to `skipped` with its position."""
+    items: list[Item] = []
+    for path in cfg.data_path:
+        for rec in iter_records(path):
+            where = {"source": rec.source, **rec.position()}
+            if rec.error:
+                skipped.append({**where, "reason": rec.error})
+                continue
+            norm = normalize_row(rec.value)
+            if norm.kind == "preformatted" or norm.row is None:
+                reason = "pre-formatted text has no turns to answer" if norm.kind == "preformatted" else (
+                    norm.problem.reason if norm.problem else "unusable row")
+                skipped.append({**where, "id": _row_id(rec.value), "reason": reason})
+                continue
+            messages = norm.row["conversations"]
+            if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+                skipped.append({**where, "id": norm.row["id"], "reason": "tool calls are not regenerated"})
+                continue
+            users = [m["content"] for m in messages if m["role"] == "user"][: cfg.max_turns]
+            system = [{"role": "system", "content": m["content"]} for m in messages if m["role"] == "system"]
+            items.append(Item(len(items), norm.row["id"], system, users, where))
+            if cfg.num_samples is not None and len(items) >= cfg.num_samples:
+                return items
+    return items
+
+
+def _row_id(value: object) -> object:
+    return value.get("id") if isinstance(value, dict) else None
+
+
+class Generator:
+    """Batched left-padded generation with the target, with the stop tokens serving uses."""
+
+    def __init__(self, cfg: RegenerateConfig, device: torch.device):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, dtype),
+                                                              trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError, AttributeError) as e:
+            raise DraftsmithError(f"cannot load target model {cfg.model_path}: {e}") from None
+        self.model = self.model.to(device).eval()
+        self.device = device
+        self.cfg = cfg
+        self.eos = eos_ids(self.tokenizer, self.model)
+        pad = self.tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return encode_prompt(self.tokenizer, render_prompt(self.tokenizer, messages))
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], seed: int) -> list[tuple[list[int], bool]]:
+        """(reply ids without the stop token, stopped by a stop token) for each prompt."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        sample = self.cfg.temperature > 0
+        kwargs = dict(do_sample=sample, temperature=self.cfg.temperature, top_p=self.cfg.top_p) if sample else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        torch.manual_seed(seed)
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                  max_new_tokens=self.cfg.max_new_tokens, eos_token_id=list(self.eos) or None,
+                                  pad_token_id=self.pad, **kwargs)
+        replies = []
+        for row in out[:, width:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self.eos), None)
+            replies.append((row if stop is None else row[:stop], stop is not None))
+        return replies
+
+
+def answer_batch(gen: Generator, batch: list[Item], seed: int, counts: dict) -> list[tuple[Item, list[dict] | None, str]]:
+    """Answer the batch's user turns in order; (item, conversation or None, skip reason) per item."""
+    histories = [list(it.system) for it in batch]
+    open_ = list(range(len(batch)))
+    reasons = [""] * len(batch)
+    for turn in range(max(len(it.users) for it in batch)):
+        asking, prompts = [], []
+        for i in open_:
+            if turn >= len(batch[i].users):
+                continue
+            ids = gen.prompt_ids(histories[i] + [{"role": "user", "content": batch[i].users[turn]}])
+            if len(ids) > gen.cfg.max_prompt_length:
+                reasons[i] = f"prompt longer than --max-prompt-length {gen.cfg.max_prompt_length} tokens"
+                continue
+            asking.append(i)
+            prompts.append(ids)
+        if not asking:
+            break
+        open_ = []
+        for i, (reply, stopped) in zip(asking, gen.generate(prompts, seed * 1_000_003 + turn)):
+            text = gen.tokenizer.decode(reply, skip_special_tokens=True).strip()
+            counts["replies"] += 1
+            counts["reply_tokens"] += len(reply)
+            counts["replies_cut_at_max_new_tokens"] += int(not stopped)
+            if not text:
+                reasons[i] = "the target's reply is empty"
+                continue
+            histories[i] += [{"role": "user", "content": batch[i].users[turn]}, {"role": "assistant", "content": text}]
+            if stopped:      # a reply cut by --max-new-tokens ends the conversation: the next turn would be unreal
+                open_.append(i)
+    results = []
+    for i, it in enumerate(batch):
+        has_reply = any(m["role"] == "assistant" for m in histories[i])
+        results.append((it, histories[i] if has_reply else None, "" if has_reply else reasons[i] or "no reply"))
+    return results
+
+
+def _done_batches(partial: Path) -> dict[int, list[str]]:
+    """Lines of the complete batches in a partial file, by batch index (a torn last line is dropped)."""
+    done: dict[int, list[str]] = {}
+    if not partial.exists():
+        return done
+    with open(partial, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            rec = json.loads(line)
+            if rec.get("end_of_batch") is not None:
+                done[rec["end_of_batch"]] = done.pop(-1, [])
+            else:
+                done.setdefault(-1, []).append(line)
+    done.pop(-1, None)   # rows of a batch whose end marker never made it to disk
+    return done
+
+
+def regenerate(cfg: RegenerateConfig) -> dict:
+    info = dist.init_distributed(cfg.device)
+    out = Path(cfg.output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / SETTINGS
+    if info.is_main:
+        if settings_path.exists() and read_json_object(settings_path) != cfg.settings():
+            old = read_json_object(settings_path)
+            changed = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
+            raise DraftsmithError(f"{out} holds a regeneration with other settings ({', '.join(changed)}): "
+                                  "choose another --output-path or delete it")
+        write_json_atomic(settings_path, cfg.settings())
+    dist.barrier()
+    if (out / SUMMARY).exists() and (out / OUTPUT).exists():
+        summary = read_json_object(out / SUMMARY)
+        if info.is_main:
+            print(f"regenerate-data: {out / OUTPUT} is complete ({summary['written']} conversations)")
+        return summary
+
+    started = time.time()
+    skipped: list[dict] = []
+    items = read_items(cfg, skipped)
+    gen = Generator(cfg, info.device)
+    for it in items:
+        it.first_prompt_tokens = len(gen.prompt_ids(it.system + [{"role": "user", "content": it.users[0]}]))
+    by_length = sorted(items, key=lambda it: (it.first_prompt_tokens, it.order))
+    batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(by_length), cfg.batch_size)]
+    mine = [b for b in range(len(batches)) if b % info.world_size == info.rank]
+
+    partial = out / f"regenerated.partial.rank{info.rank}.jsonl"
+    done = _done_batches(partial)
+    _rewrite(partial, done)   # drop a torn tail so appends continue cleanly
+    counts = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
+    todo = [b for b in mine if b not in done]
+    bar = None
+    if cfg.progress and info.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine if b in done),
+                   unit="conv", desc="regenerate-data", mininterval=1.0)
+    with open(partial, "a", encoding="utf-8") as f:
+        for b in todo:
+            lines = []
+            for it, conv, reason in answer_batch(gen, batches[b], cfg.seed + b, counts):
+                rec = {"id": it.row_id, "conversations": conv} if conv else {**it.where, "id": it.row_id,
+                                                                              "skip": reason}
+                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write("".join(lines) + json.dumps({"end_of_batch": b}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            if bar:
+                bar.update(len(batches[b]))
+    if bar:
+        bar.close()
+    counts = dist.all_gather_objects(counts)
+    dist.barrier()
+    if not info.is_main:
+        dist.cleanup()
+        return {}
+
+    written = 0
+    with atomic_path(out / OUTPUT) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        parts = {r: _done_batches(out / f"regenerated.partial.rank{r}.jsonl") for r in range(info.world_size)}
+        for b in range(len(batches)):
+            for line in parts[b % info.world_size].get(b, []):
+                rec = json.loads(line)
+                if "skip" in rec:
+                    rec["reason"] = rec.pop("skip")
+                    skipped.append(rec)
+                else:
+                    f.write(line)
+                    written += 1
+    with atomic_path(out / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for s in skipped:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    total = {k: sum(c[k] for c in counts) for k in counts[0]}
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    summary = {"output": str(out / OUTPUT), "read": written + len(skipped), "written": written,
+               "skipped": len(skipped), "skipped_by_reason": reasons, **total,
+               "seconds": round(time.time() - started, 1), "settings": cfg.settings()}
+    summary["reply_tokens_per_s_this_run"] = round(total["reply_tokens"] / max(summary["seconds"], 1e-9), 1)
+    write_json_atomic(out / SUMMARY, summary)
+    for r in range(info.world_size):
+        (out / f"regenerated.partial.rank{r}.jsonl").unlink(missing_ok=True)
+    dist.cleanup()
+    return summary
+
+
+def _rewrite(partial: Path, done: dict[int, list[str]]) -> None:
+    """Keep only complete batches in the partial file (atomically), so appends continue cleanly."""
+    with atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for b, lines in done.items():
+            f.write("".join(lines) + json.dumps({"end_of_batch": b}) + "\n")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = RegenerateConfig(model_path="", data_path=[], output_path=Path("."))
+    p.add_argument("--model-path", required=True, help="target model: HF folder or hub name")
+    p.add_argument("--data-path", type=Path, nargs="+", required=True, help="conversations JSONL/JSON/parquet")
+    p.add_argument("--output-path", type=Path, required=True, help="folder for regenerated.jsonl and its summary")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per reply (default %(default)s)")
+    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length,
+                   help="tokens; a longer turn ends its conversation (default %(default)s)")
+    p.add_argument("--max-turns", type=int, default=None, help="answer at most N user turns per conversation")
+    p.add_argument("--num-samples", type=int, default=None, help="only the first N usable conversations")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="conversations per generate call")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dtype", default=d.dtype, help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA when present)")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(RegenerateConfig)}
+    cfg = RegenerateConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise DraftsmithError(f"unknown --dtype {cfg.dtype!r}: auto, float32, bfloat16 or float16")
+    summary = regenerate(cfg)
+    if summary:
+        print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
+    return 0
