@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _train_helpers import sharp_target, write_conversations
+from draftsmith.errors import InputError
 from draftsmith.train.trainer import TrainConfig, Trainer, train
 
 
@@ -76,6 +77,22 @@ def test_loss_falls_and_acc0_rises(setup, tmp_path):
     for r in rows:
         assert set(r) >= {"step", "epoch", "lr", "loss_k", "acc_k", "tau", "tokens_per_s"}
         assert len(r["loss_k"]) == len(r["acc_k"]) == 3
+
+
+def test_bf16_autocast_on_cpu_learns_like_fp32_and_keeps_fp32_weights(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    train(_offline(setup, tmp_path / "fp32", num_epochs=2, learning_rate=1e-2, autocast="off"))
+    train(_offline(setup, tmp_path / "bf16", num_epochs=2, learning_rate=1e-2, autocast="bf16"))
+    fp32, bf16 = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "bf16")
+    assert bf16[0]["loss_k"][0] == pytest.approx(fp32[0]["loss_k"][0], rel=2e-2)   # same model, bf16 rounding
+    assert sum(r["loss_k"][0] for r in bf16[-4:]) < 0.8 * sum(r["loss_k"][0] for r in bf16[:4])
+    last_fp32 = sum(r["loss_k"][0] for r in fp32[-4:])
+    assert sum(r["loss_k"][0] for r in bf16[-4:]) == pytest.approx(last_fp32, rel=0.15)
+    weights = load_file(str(next((tmp_path / "bf16" / "final").glob("*.safetensors"))))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    with pytest.raises(InputError, match="autocast"):
+        _offline(setup, tmp_path / "x", autocast="fp8").validate()
 
 
 def test_online_and_offline_give_the_same_first_step(setup, tmp_path):

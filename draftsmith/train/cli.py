@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON file overriding fields of the draft config derived from the target")
     m.add_argument("--ttt-length", type=int)
     m.add_argument("--loss-decay", type=float, help="weight of step k is decay**k")
+    m.add_argument("--autocast", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast of the draft's matmuls: auto = on CUDA only; bf16 also helps CPUs with "
+                        "AVX512-BF16/AMX (weights and optimizer state stay fp32)")
     m.add_argument("--attention", choices=["auto", "blockwise", "sdpa", "flex"],
                    help="TTT attention: flex (CUDA kernel, block-sparse), blockwise (causal + diagonal "
                         "scores), sdpa (explicit mask, reference); auto = flex on CUDA, else blockwise")

@@ -71,6 +71,7 @@ class TrainConfig:
     dtype: str = "bfloat16"                       # target dtype (online) / embeddings dtype
     device: str | None = None                     # None: cuda:<local rank> if available, else cpu
     parallel: str = "ddp"                         # ddp | fsdp
+    autocast: str = "auto"                        # auto (bf16 on CUDA, off on CPU) | bf16 | off
     attention: str = "auto"                       # auto (flex on CUDA, else blockwise) | blockwise | sdpa | flex
     report_to: str = "none"                       # none | tensorboard | wandb
     resume: str | None = None                     # "latest" or a checkpoint folder
@@ -91,6 +92,8 @@ class TrainConfig:
                 raise InputError("must be >= 1", field="--" + name.replace("_", "-"))
         if self.parallel not in ("ddp", "fsdp"):
             raise InputError("must be ddp or fsdp", field="--parallel")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise InputError(f"--autocast must be auto, bf16 or off, got {self.autocast!r}", field="--autocast")
         if self.attention not in ("auto", "blockwise", "sdpa", "flex"):
             raise InputError("must be auto, blockwise, sdpa or flex", field="--attention")
         if self.report_to not in ("none", "tensorboard", "wandb"):
@@ -471,8 +474,10 @@ class Trainer:
                                                if k not in ("split",)}, step=row["step"])
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the draft's matmuls (weights and optimizer state stay fp32)."""
+        mode = self.cfg.autocast
+        if mode == "bf16" or (mode == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @torch.no_grad()
