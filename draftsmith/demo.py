@@ -42,6 +42,7 @@ class DemoConfig:
 
     target_model_path: str | None = None  # None: the packaged SmolLM2-135M-Instruct
     num_conversations: int = 500
+    regenerate: bool = False  # the target rewrites every reply (regenerate-data) before tokenizing
     max_length: int = 512
     chat_template: str = "hf"
     codec: str | None = None  # None: the hidden-states stage's compact default
@@ -140,9 +141,28 @@ def _model_path(ctx: StageContext) -> str:
     return ctx.results["model"]["model_path"]
 
 
+def stage_regenerate_data(ctx: StageContext) -> dict:
+    """With --regenerate the target answers every user turn itself (replies up to half of --max-length);
+    otherwise the dataset's replies pass through."""
+    cfg, source = ctx.config, ctx.results["prepare-data"]["train_jsonl"]
+    if not cfg.regenerate:
+        print("  kept the dataset's replies (--regenerate makes the target write them)", flush=True)
+        return {"train_jsonl": source, "regenerated": False}
+    out = ctx.run_dir / "replies"
+    if not ctx.resuming:           # regenerate-data continues its own partial file only with the same settings
+        shutil.rmtree(out, ignore_errors=True)
+    call_stage("regenerate-data", ["--model-path", _model_path(ctx), "--data-path", source,
+                                   "--output-path", str(out), "--max-new-tokens", str(max(1, cfg.max_length // 2)),
+                                   "--max-prompt-length", str(cfg.max_length), "--seed", str(cfg.seed),
+                                   "--device", cfg.device])
+    summary = json.loads((out / "regenerate_summary.json").read_text(encoding="utf-8"))
+    return {"train_jsonl": summary["output"], "regenerated": True,
+            **{k: summary[k] for k in ("written", "skipped", "replies", "reply_tokens")}}
+
+
 def stage_build_dataset(ctx: StageContext) -> dict:
     cfg, out = ctx.config, ctx.run_dir / "dataset"
-    call_stage("build-dataset", ["--data-path", ctx.results["prepare-data"]["train_jsonl"],
+    call_stage("build-dataset", ["--data-path", ctx.results["regenerate-data"]["train_jsonl"],
                                  "--tokenizer", _model_path(ctx), "--chat-template", cfg.chat_template,
                                  "--max-length", str(cfg.max_length), "--output", str(out)])
     from draftsmith.data.build import read_manifest
@@ -216,7 +236,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 _DATA = ("num_conversations", "seed")
-_TOKENS = _DATA + ("target_model_path", "chat_template", "max_length")
+_REPLIES = _DATA + ("target_model_path", "regenerate", "max_length")
+_TOKENS = _REPLIES + ("chat_template",)
 _FEATURES = _TOKENS + ("codec", "aux_layers", "hidden_states_batch_size")
 _DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "epochs", "batch_size", "learning_rate")
 _EVAL = _DRAFT + ("num_steps", "eval_questions", "max_new_tokens")
@@ -224,6 +245,8 @@ _EVAL = _DRAFT + ("num_steps", "eval_questions", "max_new_tokens")
 STAGES: tuple[Stage, ...] = (
     Stage("model", "target model", ("target_model_path",), (), stage_model, _model_still_there),
     Stage("prepare-data", "ShareGPT -> conversations JSONL", _DATA, ("data",), stage_prepare_data),
+    Stage("regenerate-data", "the target's own replies (with --regenerate)", _REPLIES, (),
+          stage_regenerate_data, lambda r: Path(r["train_jsonl"]).exists()),
     Stage("build-dataset", "chat template + loss masks -> tokenized dataset", _TOKENS, ("dataset",),
           stage_build_dataset),
     Stage("hidden-states", "target features -> compact feature store", _FEATURES, ("features",),
@@ -542,6 +565,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument("--num-conversations", type=int, default=None,
                         help=f"ShareGPT conversations to train on (default {d.num_conversations})")
+    parser.add_argument("--regenerate", action="store_true", default=None,
+                        help="the target rewrites every reply before training (regenerate-data; slow on CPU: "
+                             "about 130 reply tokens/s on 2 cores)")
     parser.add_argument("--max-length", type=int, default=None, help=f"tokens per conversation (default {d.max_length})")
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--chat-template", default=None, help=f"template name, or hf (default {d.chat_template})")

@@ -203,3 +203,14 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
     assert run_command("demo", argv) == 0  # everything finished: every stage is skipped
     again = capsys.readouterr().out
     assert again.count("done earlier") == len(demo.STAGES) and "$ draftsmith" not in again
+
+    # --regenerate: the stages before it are kept, it and everything after it run again on the target's replies
+    assert run_command("demo", argv + ["--regenerate"]) == 0
+    third = capsys.readouterr().out
+    assert third.count("done earlier") == 2 and "$ draftsmith regenerate-data" in third
+    state = json.loads((run_dir / demo.STATE_FILE).read_text())
+    replies = state["stages"]["regenerate-data"]["result"]
+    assert replies["regenerated"] is True and replies["train_jsonl"] == str(run_dir / "replies" / "regenerated.jsonl")
+    rows = [json.loads(line) for line in Path(replies["train_jsonl"]).read_text().splitlines()]
+    assert len(rows) == replies["written"] > 0
+    assert len(datasets.load_from_disk(str(run_dir / "dataset"))) == replies["written"]   # tokenized: those rows
