@@ -42,7 +42,7 @@ class DemoConfig:
 
     target_model_path: str | None = None  # None: the packaged SmolLM2-135M-Instruct
     num_conversations: int = 500
-    regenerate: bool = False  # the target rewrites every reply (regenerate-data) before tokenizing
+    regenerate: int = 0  # > 0: the target rewrites each first reply, up to this many tokens (regenerate-data)
     max_length: int = 512
     chat_template: str = "hf"
     codec: str | None = None  # None: the hidden-states stage's compact default
@@ -142,8 +142,11 @@ def _model_path(ctx: StageContext) -> str:
 
 
 def stage_regenerate_data(ctx: StageContext) -> dict:
-    """With --regenerate the target answers every user turn itself (replies up to half of --max-length);
-    otherwise the dataset's replies pass through."""
+    """With --regenerate N the target answers each conversation's first user turn itself, in up to N
+    tokens (the eval's per-turn budget by default); otherwise the dataset's replies pass through.
+
+    One turn, not all: generation is the slow part on a CPU (one batched generate call per turn);
+    `draftsmith regenerate-data` without --max-turns answers every turn."""
     cfg, source = ctx.config, ctx.results["prepare-data"]["train_jsonl"]
     if not cfg.regenerate:
         print("  kept the dataset's replies (--regenerate makes the target write them)", flush=True)
@@ -152,7 +155,8 @@ def stage_regenerate_data(ctx: StageContext) -> dict:
     if not ctx.resuming:           # regenerate-data continues its own partial file only with the same settings
         shutil.rmtree(out, ignore_errors=True)
     call_stage("regenerate-data", ["--model-path", _model_path(ctx), "--data-path", source,
-                                   "--output-path", str(out), "--max-new-tokens", str(max(1, cfg.max_length // 2)),
+                                   "--output-path", str(out), "--max-new-tokens", str(cfg.regenerate),
+                                   "--max-turns", "1", "--batch-size", "32",
                                    "--max-prompt-length", str(cfg.max_length), "--seed", str(cfg.seed),
                                    "--device", cfg.device])
     summary = json.loads((out / "regenerate_summary.json").read_text(encoding="utf-8"))
@@ -340,6 +344,7 @@ class DemoSummary:
 
     model: str
     conversations: int
+    replies: str             # whose replies the draft learned: "ShareGPT's" or "the target's own"
     tokens: int
     supervised_tokens: int
     num_steps: int
@@ -398,6 +403,7 @@ def summarize(state: dict) -> DemoSummary:
     return DemoSummary(
         model=Path(result["model"]["model_path"]).name,
         conversations=int(result["build-dataset"]["rows"]),
+        replies="the target's own" if result.get("regenerate-data", {}).get("regenerated") else "ShareGPT's",
         tokens=int(result["build-dataset"]["tokens"]),
         supervised_tokens=int(result["build-dataset"]["supervised_tokens"]),
         num_steps=int(settings["num_steps"]),
@@ -460,7 +466,7 @@ def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
 
 
 def format_table(s: DemoSummary) -> str:
-    title = (f"draftsmith demo: {s.model}, {s.conversations} ShareGPT conversations "
+    title = (f"draftsmith demo: {s.model}, {s.conversations} ShareGPT prompts with {s.replies} replies "
              f"({s.supervised_tokens:,} supervised tokens), MT-bench {s.eval_questions} questions "
              f"({s.eval_turns} turns)")
     rows = summary_rows(s)
@@ -470,7 +476,7 @@ def format_table(s: DemoSummary) -> str:
 
 def format_markdown(s: DemoSummary, plots: list[Path], settings: dict) -> str:
     lines = ["# draftsmith demo report", "",
-             f"Target `{s.model}`, {s.conversations} ShareGPT conversations ({s.tokens:,} tokens, "
+             f"Target `{s.model}`, {s.conversations} ShareGPT prompts with {s.replies} replies ({s.tokens:,} tokens, "
              f"{s.supervised_tokens:,} supervised), evaluated by real speculative decoding on "
              f"{s.eval_questions} MT-bench questions ({s.eval_turns} turns) with K = {s.num_steps}.", "",
              "| figure | value |", "|---|---|"]
@@ -539,6 +545,9 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             raise DraftsmithError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.num_steps < 0:
         raise DraftsmithError(f"--num-steps must be at least 0, got {config.num_steps}")
+    if config.regenerate < 0:
+        raise DraftsmithError(f"--regenerate must be >= 0 tokens (0 keeps the dataset's replies), "
+                              f"got {config.regenerate}")
     return config
 
 
@@ -565,9 +574,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
     parser.add_argument("--num-conversations", type=int, default=None,
                         help=f"ShareGPT conversations to train on (default {d.num_conversations})")
-    parser.add_argument("--regenerate", action="store_true", default=None,
-                        help="the target rewrites every reply before training (regenerate-data; slow on CPU: "
-                             "about 130 reply tokens/s on 2 cores)")
+    parser.add_argument("--regenerate", type=int, nargs="?", const=d.max_new_tokens, default=None, metavar="TOKENS",
+                        help="the target rewrites each first reply, in up to TOKENS tokens (default: the eval's "
+                             f"--max-new-tokens, {d.max_new_tokens}), before training (regenerate-data; slow on a "
+                             "CPU: about 130 reply tokens/s on 2 cores)")
     parser.add_argument("--max-length", type=int, default=None, help=f"tokens per conversation (default {d.max_length})")
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--chat-template", default=None, help=f"template name, or hf (default {d.chat_template})")
