@@ -121,7 +121,7 @@ def test_replies_are_the_targets_own_greedy_replies_turn_by_turn(target, tmp_pat
 
 def test_a_crash_after_one_batch_resumes_to_the_same_file(target, tmp_path, monkeypatch):
     data = write_input(tmp_path / "in.jsonl")
-    rg.regenerate(config(target, data, tmp_path / "whole"))
+    whole = rg.regenerate(config(target, data, tmp_path / "whole"))
 
     real = rg.Generator.generate
 
@@ -138,7 +138,9 @@ def test_a_crash_after_one_batch_resumes_to_the_same_file(target, tmp_path, monk
     with open(partial, "a") as f:                     # a torn line from the moment of the crash
         f.write('{"id": "two-tu')
     monkeypatch.setattr(rg.Generator, "generate", real)
-    rg.regenerate(config(target, data, tmp_path / "cut"))
+    resumed = rg.regenerate(config(target, data, tmp_path / "cut"))
+    for key in ("read", "written", "skipped", "replies", "reply_tokens", "replies_cut_at_max_new_tokens"):
+        assert resumed[key] == whole[key]                 # the batches done before the crash count too
     for name in (rg.OUTPUT, rg.SKIPPED):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 

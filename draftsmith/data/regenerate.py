@@ -205,22 +205,28 @@ def answer_batch(gen: Generator, batch: list[Item], seed: int, counts: dict) -> 
     return results
 
 
-def _done_batches(partial: Path) -> dict[int, list[str]]:
-    """Lines of the complete batches in a partial file, by batch index (a torn last line is dropped)."""
-    done: dict[int, list[str]] = {}
+def _done_batches(partial: Path) -> dict[int, tuple[list[str], dict]]:
+    """(row lines, reply counts) of the complete batches in a partial file, by batch index; rows after
+    the last end-of-batch marker (a batch cut short, a torn last line) are dropped."""
+    done: dict[int, tuple[list[str], dict]] = {}
     if not partial.exists():
         return done
+    pending: list[str] = []
     with open(partial, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
                 break
             rec = json.loads(line)
             if rec.get("end_of_batch") is not None:
-                done[rec["end_of_batch"]] = done.pop(-1, [])
+                done[rec["end_of_batch"]] = (pending, rec["counts"])
+                pending = []
             else:
-                done.setdefault(-1, []).append(line)
-    done.pop(-1, None)   # rows of a batch whose end marker never made it to disk
+                pending.append(line)
     return done
+
+
+def _batch_end(b: int, counts: dict) -> str:
+    return json.dumps({"end_of_batch": b, "counts": counts}) + "\n"
 
 
 def regenerate(cfg: RegenerateConfig) -> dict:
@@ -255,8 +261,8 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     partial = out / f"regenerated.partial.rank{info.rank}.jsonl"
     done = _done_batches(partial)
     _rewrite(partial, done)   # drop a torn tail so appends continue cleanly
-    counts = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
     todo = [b for b in mine if b not in done]
+    tokens_this_run = 0
     bar = None
     if cfg.progress and info.is_main:
         from tqdm import tqdm
@@ -265,28 +271,33 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     with open(partial, "a", encoding="utf-8") as f:
         for b in todo:
             lines = []
+            counts = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
             for it, conv, reason in answer_batch(gen, batches[b], cfg.seed + b, counts):
                 rec = {"id": it.row_id, "conversations": conv} if conv else {**it.where, "id": it.row_id,
                                                                               "skip": reason}
                 lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.write("".join(lines) + json.dumps({"end_of_batch": b}) + "\n")
+            f.write("".join(lines) + _batch_end(b, counts))
+            tokens_this_run += counts["reply_tokens"]
             f.flush()
             os.fsync(f.fileno())
             if bar:
                 bar.update(len(batches[b]))
     if bar:
         bar.close()
-    counts = dist.all_gather_objects(counts)
+    tokens_this_run = sum(dist.all_gather_objects(tokens_this_run))
     dist.barrier()
     if not info.is_main:
         dist.cleanup()
         return {}
 
     written = 0
+    total = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
     with atomic_path(out / OUTPUT) as tmp, open(tmp, "w", encoding="utf-8") as f:
         parts = {r: _done_batches(out / f"regenerated.partial.rank{r}.jsonl") for r in range(info.world_size)}
         for b in range(len(batches)):
-            for line in parts[b % info.world_size].get(b, []):
+            lines, counts = parts[b % info.world_size][b]
+            total = {k: total[k] + counts[k] for k in total}
+            for line in lines:
                 rec = json.loads(line)
                 if "skip" in rec:
                     rec["reason"] = rec.pop("skip")
@@ -297,14 +308,13 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     with atomic_path(out / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in skipped:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    total = {k: sum(c[k] for c in counts) for k in counts[0]}
     reasons: dict[str, int] = {}
     for s in skipped:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     summary = {"output": str(out / OUTPUT), "read": written + len(skipped), "written": written,
                "skipped": len(skipped), "skipped_by_reason": reasons, **total,
                "seconds": round(time.time() - started, 1), "settings": cfg.settings()}
-    summary["reply_tokens_per_s_this_run"] = round(total["reply_tokens"] / max(summary["seconds"], 1e-9), 1)
+    summary["reply_tokens_per_s_this_run"] = round(tokens_this_run / max(summary["seconds"], 1e-9), 1)
     write_json_atomic(out / SUMMARY, summary)
     for r in range(info.world_size):
         (out / f"regenerated.partial.rank{r}.jsonl").unlink(missing_ok=True)
@@ -312,11 +322,11 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     return summary
 
 
-def _rewrite(partial: Path, done: dict[int, list[str]]) -> None:
+def _rewrite(partial: Path, done: dict[int, tuple[list[str], dict]]) -> None:
     """Keep only complete batches in the partial file (atomically), so appends continue cleanly."""
     with atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for b, lines in done.items():
-            f.write("".join(lines) + json.dumps({"end_of_batch": b}) + "\n")
+        for b, (lines, counts) in done.items():
+            f.write("".join(lines) + _batch_end(b, counts))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
