@@ -577,7 +577,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regenerate", type=int, nargs="?", const=d.max_new_tokens, default=None, metavar="TOKENS",
                         help="the target rewrites each first reply, in up to TOKENS tokens (default: the eval's "
                              f"--max-new-tokens, {d.max_new_tokens}), before training (regenerate-data; slow on a "
-                             "CPU: about 130 reply tokens/s on 2 cores)")
+                             "CPU: about 100–130 reply tokens/s on 2 cores)")
     parser.add_argument("--max-length", type=int, default=None, help=f"tokens per conversation (default {d.max_length})")
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--chat-template", default=None, help=f"template name, or hf (default {d.chat_template})")

@@ -12,7 +12,7 @@ rows and rows with tool messages are skipped with a reason). Output in `--output
 reason) and `regenerate_summary.json` whose counts add up: read == written + skipped.
 
 Conversations are batched in order of prompt length (little left-padding). The run is
-resumable: each finished batch is appended to `regenerated.partial.jsonl` and a rerun
+resumable: each finished batch is appended to `regenerated.partial.rank<R>.jsonl` and a rerun
 with the same settings continues after the last complete batch. Under torchrun each rank
 takes every world-size-th batch and rank 0 merges the parts in batch order, so the
 output does not depend on the number of processes.
@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ OUTPUT = "regenerated.jsonl"
 SKIPPED = "regenerate_skipped.jsonl"
 SUMMARY = "regenerate_summary.json"
 SETTINGS = "regenerate_settings.json"
+COUNTS = ("replies", "reply_tokens", "replies_cut_at_max_new_tokens")   # per batch, kept in its end marker
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -69,6 +72,8 @@ class RegenerateConfig:
             raise DraftsmithError(f"--max-turns must be >= 1, got {self.max_turns}")
         if self.temperature < 0:
             raise DraftsmithError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.dtype not in DTYPES:
+            raise DraftsmithError(f"unknown --dtype {self.dtype!r}: {', '.join(DTYPES)}")
 
     def settings(self) -> dict:
         """What decides the output: a rerun with other values must not continue an old partial file."""
@@ -168,8 +173,13 @@ class Generator:
         return replies
 
 
-def answer_batch(gen: Generator, batch: list[Item], seed: int, counts: dict) -> list[tuple[Item, list[dict] | None, str]]:
-    """Answer the batch's user turns in order; (item, conversation or None, skip reason) per item."""
+Answer = tuple[Item, "list[dict] | None", str]   # the item, its regenerated conversation (None: skipped), why
+
+
+def answer_batch(gen: Generator, batch: list[Item], seed: int) -> tuple[list[Answer], dict]:
+    """Answer the batch's user turns in order: (item, conversation or None, skip reason) per item, and
+    the batch's reply counts."""
+    counts = dict.fromkeys(COUNTS, 0)
     histories = [list(it.system) for it in batch]
     open_ = list(range(len(batch)))
     reasons = [""] * len(batch)
@@ -202,7 +212,7 @@ def answer_batch(gen: Generator, batch: list[Item], seed: int, counts: dict) -> 
     for i, it in enumerate(batch):
         has_reply = any(m["role"] == "assistant" for m in histories[i])
         results.append((it, histories[i] if has_reply else None, "" if has_reply else reasons[i] or "no reply"))
-    return results
+    return results, counts
 
 
 def _done_batches(partial: Path) -> dict[int, tuple[list[str], dict]]:
@@ -229,18 +239,22 @@ def _batch_end(b: int, counts: dict) -> str:
     return json.dumps({"end_of_batch": b, "counts": counts}) + "\n"
 
 
+def _partial(out: Path, rank: int) -> Path:
+    return out / f"regenerated.partial.rank{rank}.jsonl"
+
+
 def regenerate(cfg: RegenerateConfig) -> dict:
     info = dist.init_distributed(cfg.device)
     out = Path(cfg.output_path)
     out.mkdir(parents=True, exist_ok=True)
-    settings_path = out / SETTINGS
+    settings_path, settings = out / SETTINGS, cfg.settings()
     if info.is_main:
-        if settings_path.exists() and read_json_object(settings_path) != cfg.settings():
-            old = read_json_object(settings_path)
-            changed = sorted(k for k in set(old) | set(cfg.settings()) if old.get(k) != cfg.settings().get(k))
+        old = read_json_object(settings_path) if settings_path.exists() else settings
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise DraftsmithError(f"{out} holds a regeneration with other settings ({', '.join(changed)}): "
                                   "choose another --output-path or delete it")
-        write_json_atomic(settings_path, cfg.settings())
+        write_json_atomic(settings_path, settings)
     dist.barrier()
     if (out / SUMMARY).exists() and (out / OUTPUT).exists():
         summary = read_json_object(out / SUMMARY)
@@ -258,7 +272,7 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(by_length), cfg.batch_size)]
     mine = [b for b in range(len(batches)) if b % info.world_size == info.rank]
 
-    partial = out / f"regenerated.partial.rank{info.rank}.jsonl"
+    partial = _partial(out, info.rank)
     done = _done_batches(partial)
     _rewrite(partial, done)   # drop a torn tail so appends continue cleanly
     todo = [b for b in mine if b not in done]
@@ -271,8 +285,8 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     with open(partial, "a", encoding="utf-8") as f:
         for b in todo:
             lines = []
-            counts = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
-            for it, conv, reason in answer_batch(gen, batches[b], cfg.seed + b, counts):
+            answers, counts = answer_batch(gen, batches[b], cfg.seed + b)
+            for it, conv, reason in answers:
                 rec = {"id": it.row_id, "conversations": conv} if conv else {**it.where, "id": it.row_id,
                                                                               "skip": reason}
                 lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -291,12 +305,12 @@ def regenerate(cfg: RegenerateConfig) -> dict:
         return {}
 
     written = 0
-    total = {"replies": 0, "reply_tokens": 0, "replies_cut_at_max_new_tokens": 0}
+    total = Counter(dict.fromkeys(COUNTS, 0))
     with atomic_path(out / OUTPUT) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        parts = {r: _done_batches(out / f"regenerated.partial.rank{r}.jsonl") for r in range(info.world_size)}
+        parts = {r: _done_batches(_partial(out, r)) for r in range(info.world_size)}
         for b in range(len(batches)):
             lines, counts = parts[b % info.world_size][b]
-            total = {k: total[k] + counts[k] for k in total}
+            total.update(counts)
             for line in lines:
                 rec = json.loads(line)
                 if "skip" in rec:
@@ -308,16 +322,14 @@ def regenerate(cfg: RegenerateConfig) -> dict:
     with atomic_path(out / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in skipped:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    reasons: dict[str, int] = {}
-    for s in skipped:
-        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    reasons = dict(Counter(s["reason"] for s in skipped))
     summary = {"output": str(out / OUTPUT), "read": written + len(skipped), "written": written,
-               "skipped": len(skipped), "skipped_by_reason": reasons, **total,
-               "seconds": round(time.time() - started, 1), "settings": cfg.settings()}
+               "skipped": len(skipped), "skipped_by_reason": reasons, **{k: total[k] for k in COUNTS},
+               "seconds": round(time.time() - started, 1), "settings": settings}
     summary["reply_tokens_per_s_this_run"] = round(tokens_this_run / max(summary["seconds"], 1e-9), 1)
     write_json_atomic(out / SUMMARY, summary)
     for r in range(info.world_size):
-        (out / f"regenerated.partial.rank{r}.jsonl").unlink(missing_ok=True)
+        _partial(out, r).unlink(missing_ok=True)
     dist.cleanup()
     return summary
 
@@ -343,7 +355,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default=d.dtype, help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
+    p.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -352,8 +364,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(RegenerateConfig)}
     cfg = RegenerateConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise DraftsmithError(f"unknown --dtype {cfg.dtype!r}: auto, float32, bfloat16 or float16")
     summary = regenerate(cfg)
     if summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
