@@ -201,3 +201,39 @@ def test_past_kv_decode_equals_full_causal_pass():
         out, (k, v) = draft.layer(ids[:, t:t + 1], hidden[:, t:t + 1], pos[:, t:t + 1], past_kv=past)
         past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-10, atol=1e-10)
+
+
+def _non_silu_targets():
+    """Real transformers configs of families whose MLP is not SiLU (#16.3)."""
+    from transformers import Gemma2Config, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig, PhiConfig, Starcoder2Config
+
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4, vocab_size=300,
+                 bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return {
+        "gemma (gelu_pytorch_tanh)": GemmaConfig(head_dim=16, num_key_value_heads=2, **small),
+        "phi-2 (gelu_new)": PhiConfig(**small),
+        "gpt-neox (gelu)": GPTNeoXConfig(**small),
+        "starcoder2 (gelu_pytorch_tanh)": Starcoder2Config(num_key_value_heads=2, **small),
+        "gemma2 (hidden_activation)": Gemma2Config(head_dim=16, num_key_value_heads=2, **small),
+        "gemma3 (hidden_activation)": Gemma3TextConfig(head_dim=16, num_key_value_heads=2, **small),
+    }
+
+
+@pytest.mark.parametrize("name", list(_non_silu_targets()))
+def test_the_draft_is_a_silu_llama_layer_whatever_the_target(name, tmp_path):
+    """#16.3: both engines build the EAGLE-3 layer's MLP as a Llama SiLU MLP and raise on any
+    other activation (SGLang 0.5.23 srt/models/llama.py:116, vLLM 0.33.0
+    model_executor/models/llama.py:112), so the draft of a GELU target must be SiLU and export."""
+    from draftsmith.export import check_folder
+
+    target = _non_silu_targets()[name]
+    cfg = Eagle3Config.from_target_config(target, draft_vocab_size=100)
+    assert cfg.hidden_act == "silu"
+    assert (cfg.hidden_size, cfg.vocab_size, cfg.target_num_hidden_layers) == (64, 300, 8)
+    draft = _draft(cfg)
+    draft.save_pretrained(tmp_path)
+    report = check_folder(tmp_path, target)
+    assert report.ok, report.errors
+    assert json.loads((tmp_path / "config.json").read_text())["hidden_act"] == "silu"
+    with pytest.raises(InputError, match="hidden_act"):
+        Eagle3Config.from_target_config(target, overrides={"hidden_act": "gelu"})

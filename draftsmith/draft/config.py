@@ -50,6 +50,11 @@ class Eagle3Config:
         if self.num_attention_heads % self.num_key_value_heads:
             raise InputError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}", field="num_key_value_heads")
+        if self.hidden_act != "silu":
+            # SGLang 0.5.23 srt/models/llama.py:116 and vLLM 0.33.0 model_executor/models/llama.py:112
+            # raise "Unsupported activation" for any other MLP activation.
+            raise InputError(f"hidden_act {self.hidden_act!r}: the EAGLE-3 draft layer of SGLang and vLLM is a "
+                             "Llama layer with a SiLU MLP", field="hidden_act")
         if len(self.aux_layer_ids) != 3:
             raise InputError(f"EAGLE-3 fuses exactly 3 target layers, got {self.aux_layer_ids}",
                              field="aux_layer_ids")
@@ -67,8 +72,11 @@ class Eagle3Config:
     def from_target_config(cls, hf_config: Any, *, draft_vocab_size: int | None = None,
                            aux_layer_ids: list[int] | None = None,
                            overrides: Mapping[str, Any] | None = None) -> "Eagle3Config":
-        """Copy hidden size, heads, rope, max positions and vocab from the target; `overrides`
-        (the `--draft-model-config` JSON) replaces any field by name."""
+        """Take from the target what the engines take from it — hidden size, heads, kv heads, head
+        dim, MLP width, rope, vocab, RMSNorm eps, max positions — and nothing else: the draft is a
+        Llama layer with SiLU whatever the target's activation (Gemma's `gelu_pytorch_tanh`,
+        Phi-2's `gelu_new`, GPT-NeoX's `gelu`). `overrides` (the `--draft-model-config` JSON)
+        replaces any field by name."""
         text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
         get = (lambda k, d=None: text.get(k, d)) if isinstance(text, Mapping) else \
               (lambda k, d=None: getattr(text, k, d))
@@ -93,7 +101,6 @@ class Eagle3Config:
             rope_scaling=scaling,
             max_position_embeddings=int(get("max_position_embeddings") or 4096),
             rms_norm_eps=float(get("rms_norm_eps") or 1e-6),
-            hidden_act=str(get("hidden_act") or "silu"),
             bos_token_id=get("bos_token_id"),
             eos_token_id=get("eos_token_id"),
             pad_token_id=get("pad_token_id"),
