@@ -360,8 +360,9 @@ class DemoSummary:
     feature_codec: str
     feature_tokens: int
     train_steps: int
-    train_tau: float | None  # simulated tau, mean over the last tenth of the training steps
+    train_tau: float | None  # simulated tau as served (full-vocab argmax), mean over the last tenth of the steps
     train_acc: list[float]   # per TTT step, the same window
+    train_tau_draft_vocab: float | None = None  # the same within the draft vocab (what peers report)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -369,15 +370,19 @@ class DemoSummary:
         return sum(self.stage_seconds.values())
 
 
-def training_tail(rows: list[dict]) -> tuple[int, float | None, list[float]]:
-    """Steps, and the simulated tau and per-step accuracy averaged over the last tenth of the run."""
-    train = [r for r in rows if "split" not in r and "tau" in r]
+def training_tail(rows: list[dict]) -> tuple[int, float | None, list[float], float | None]:
+    """Steps, and the simulated tau as served, its per-step accuracy and the draft-vocab tau,
+    averaged over the last tenth of the run (tau None when the run could not know it)."""
+    train = [r for r in rows if "split" not in r and "tau_draft_vocab" in r]
     if not train:
-        return 0, None, []
+        return 0, None, [], None
     tail = train[-max(1, len(train) // 10):]
+    tau_dv = sum(r["tau_draft_vocab"] for r in tail) / len(tail)
+    if any(r["tau"] is None for r in tail):
+        return int(train[-1]["step"]), None, [], tau_dv
     depth = min(len(r["acc_k"]) for r in tail)
     acc = [sum(r["acc_k"][k] for r in tail) / len(tail) for k in range(depth)]
-    return int(train[-1]["step"]), sum(r["tau"] for r in tail) / len(tail), acc
+    return int(train[-1]["step"]), sum(r["tau"] for r in tail) / len(tail), acc, tau_dv
 
 
 def mtbench_summary(report: dict, num_steps: int) -> dict:
@@ -399,7 +404,7 @@ def summarize(state: dict) -> DemoSummary:
     bench = mtbench_summary(json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8")),
                             settings["num_steps"])
     features = result["hidden-states"]
-    steps, train_tau, train_acc = training_tail(_read_jsonl(Path(result["train"]["metrics"])))
+    steps, train_tau, train_acc, train_tau_dv = training_tail(_read_jsonl(Path(result["train"]["metrics"])))
     return DemoSummary(
         model=Path(result["model"]["model_path"]).name,
         conversations=int(result["build-dataset"]["rows"]),
@@ -421,6 +426,7 @@ def summarize(state: dict) -> DemoSummary:
         train_steps=steps,
         train_tau=train_tau,
         train_acc=train_acc,
+        train_tau_draft_vocab=train_tau_dv,
         stage_seconds={name: float(rec["seconds"]) for name, rec in sorted(state["stages"].items(), key=_pipeline_order)
                        if rec.get("status") == "done"},
     )
@@ -457,7 +463,8 @@ def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
         ("lossless (same tokens as greedy)", "n/a" if s.lossless is None else ("yes" if s.lossless else "NO")),
         ("features on disk", f"{_fmt_bytes(s.feature_bytes)}  ({s.feature_tokens:,} tokens, "
                              f"{per_token:.0f} B/token, codec {s.feature_codec})"),
-        ("training", f"{s.train_steps} steps, simulated tau {_fmt(s.train_tau, '.2f')}, "
+        ("training", f"{s.train_steps} steps, simulated tau as served {_fmt(s.train_tau, '.2f')} "
+                     f"(within the draft vocab {_fmt(s.train_tau_draft_vocab, '.2f')}), "
                      "acc by TTT step " + " ".join(f"{a:.2f}" for a in s.train_acc)),
     ]
     rows += [(f"time: {name}", _fmt_seconds(sec)) for name, sec in s.stage_seconds.items()]

@@ -135,18 +135,24 @@ def test_topk_signal_rows(tiny_llama_dir, tokenized, tmp_path):
 
     assert torch.equal(load_file(str(tmp_path / "t" / "vocab.safetensors"))["draft_to_target"], draft_to_target)
     target = load_target(tiny_llama_dir, dtype=torch.float32)
+    outside = 0
     for i in range(len(store)):
         item = store[i]
         assert "hidden_state" not in item
         ids, mask = item["input_ids"], item["loss_mask"]
-        full = target.model(input_ids=ids[None]).logits[0].detach()[:, draft_to_target]
+        every = target.model(input_ids=ids[None]).logits[0].detach()      # HF's own forward, full vocab
+        full = every[:, draft_to_target]
         expect_logits, expect_ids = full.topk(5, dim=-1)
         for p in range(len(ids)):
             if p + 1 < len(ids) and mask[p + 1] == 1:
+                assert item["target_argmax"][p] == every[p].argmax()      # what servers verify against
+                outside += int(item["target_argmax"][p] % 7 != 0)         # not a draft-vocab id
                 assert torch.equal(item["target_topk_ids"][p], expect_ids[p])
                 torch.testing.assert_close(item["target_topk_logits"][p], expect_logits[p], rtol=1e-4, atol=1e-4)
             else:
                 assert not item["target_topk_ids"][p].any() and torch.isinf(item["target_topk_logits"][p]).all()
+                assert item["target_argmax"][p] == -1
+    assert outside > 0   # the case the draft-vocab top-K alone cannot tell
 
 
 def _small_store(model_dir, data_dir, out):

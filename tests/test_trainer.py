@@ -70,13 +70,21 @@ def test_loss_falls_and_acc0_rises(setup, tmp_path):
     first = sum(r["loss_k"][0] for r in rows[:4]) / 4
     last = sum(r["loss_k"][0] for r in rows[-4:]) / 4
     assert last < 0.7 * first
-    assert sum(r["acc_k"][0] for r in rows[-8:]) / 8 > sum(r["acc_k"][0] for r in rows[:4]) / 4 + 0.15
+    # the tiny random target's full-vocab argmax is mostly outside the 512-token draft vocab, so
+    # the draft learns what it can (the draft-vocab distribution) while the served figure stays low
+    acc_dv = [r["acc_k_draft_vocab"][0] for r in rows]
+    assert sum(acc_dv[-8:]) / 8 > sum(acc_dv[:4]) / 4 + 0.15
     evals = _metrics(out, "eval")
     assert [e["step"] for e in evals] == [8, 16, 24]
-    assert evals[-1]["loss_k"][0] < evals[0]["loss_k"][0] and evals[-1]["acc_k"][0] > evals[0]["acc_k"][0]
+    assert evals[-1]["loss_k"][0] < evals[0]["loss_k"][0]
+    assert evals[-1]["acc_k_draft_vocab"][0] > evals[0]["acc_k_draft_vocab"][0]
+    for r in rows + evals:
+        assert set(r) >= {"step", "epoch", "loss_k", "acc_k", "tau", "acc_k_draft_vocab", "tau_draft_vocab"}
+        assert len(r["loss_k"]) == len(r["acc_k"]) == len(r["acc_k_draft_vocab"]) == 3
+        assert all(a <= b for a, b in zip(r["acc_k"], r["acc_k_draft_vocab"]))
+        assert 1.0 <= r["tau"] <= r["tau_draft_vocab"]
     for r in rows:
-        assert set(r) >= {"step", "epoch", "lr", "loss_k", "acc_k", "tau", "tokens_per_s"}
-        assert len(r["loss_k"]) == len(r["acc_k"]) == 3
+        assert set(r) >= {"lr", "tokens_per_s"}
 
 
 def test_bf16_autocast_on_cpu_learns_like_fp32_and_keeps_fp32_weights(setup, tmp_path):
@@ -112,7 +120,7 @@ def test_online_and_offline_give_the_same_first_step(setup, tmp_path):
     # online: 2), so equality is to ~1e-6, far below any misalignment
     for a, b in zip(off["loss_k"], on["loss_k"]):
         assert a == pytest.approx(b, rel=1e-5)
-    assert off["acc_k"] == on["acc_k"]
+    assert off["acc_k"] == on["acc_k"] and off["acc_k_draft_vocab"] == on["acc_k_draft_vocab"]
 
 
 def test_resume_gives_the_same_loss_curve_and_checkpoints_reload(setup, tmp_path):

@@ -90,7 +90,7 @@ def test_blockwise_and_flex_attention_match_sdpa():
     with torch.no_grad():
         f = ttt_forward(draft, batch, length=4, target_head=head, attention="flex")
     torch.testing.assert_close(f.loss, runs["sdpa"][0].loss, rtol=1e-5, atol=1e-5)
-    assert f.correct == runs["sdpa"][0].correct and f.count == runs["sdpa"][0].count
+    assert f.correct_draft_vocab == runs["sdpa"][0].correct_draft_vocab and f.count == runs["sdpa"][0].count
     if not torch.cuda.is_available():
         return
     draft = draft.cuda()
@@ -144,7 +144,7 @@ def test_topk_signal_with_full_k_equals_hidden_signal():
     topk["target_topk_ids"], topk["target_topk_logits"] = ids, values
     got = ttt_forward(draft, topk, length=3)
     torch.testing.assert_close(got.loss, ref.loss)
-    assert got.correct == ref.correct and got.count == ref.count
+    assert got.correct_draft_vocab == ref.correct_draft_vocab and got.count == ref.count
 
 
 def test_loss_is_weighted_mean_over_supervised_rows_and_ignores_padding():
@@ -152,7 +152,7 @@ def test_loss_is_weighted_mean_over_supervised_rows_and_ignores_padding():
     head = torch.randn(300, 64)
     batch = _batch(b=1, t=12)
     r = ttt_forward(draft, batch, length=3, target_head=head)
-    s = summarize(r.loss_sum, r.correct, r.count)
+    s = summarize(r.loss_sum, r.correct_draft_vocab, r.count)
     expected = sum(0.8 ** k * s["loss_k"][k] for k in range(3))
     assert math.isclose(r.loss.item(), expected, rel_tol=1e-5)
     # hand count: step k supervises tokens t >= 2 + k with loss_mask[t] = 1
@@ -189,15 +189,104 @@ def test_fused_loss_matches_plain_autograd(signal, monkeypatch):
         grads.append(torch.cat([p.grad.flatten() for p in draft.parameters()]))
     torch.testing.assert_close(results[0].loss, results[1].loss)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
-    assert results[0].correct == results[1].correct and results[0].count == results[1].count
+    assert results[0].correct_draft_vocab == results[1].correct_draft_vocab and results[0].count == results[1].count
     assert results[0].loss_sum == pytest.approx(results[1].loss_sum, rel=1e-5)
 
 
 def test_summarize_tau_by_hand():
-    s = summarize([2.0, 3.0, 4.0], [8, 4, 1], [10, 8, 4])
-    assert s["acc_k"] == [0.8, 0.5, 0.25]
+    s = summarize([2.0, 3.0, 4.0], [8, 4, 1], [10, 8, 4], correct_served=[5, 4, 0])
+    assert s["acc_k_draft_vocab"] == [0.8, 0.5, 0.25]
     assert s["loss_k"] == [0.2, 0.375, 1.0]
-    assert math.isclose(s["tau"], 1 + 0.8 + 0.8 * 0.5 + 0.8 * 0.5 * 0.25)
+    assert math.isclose(s["tau_draft_vocab"], 1 + 0.8 + 0.8 * 0.5 + 0.8 * 0.5 * 0.25)
+    assert s["acc_k"] == [0.5, 0.5, 0.0] and math.isclose(s["tau"], 1 + 0.5 + 0.25)
+    unknown = summarize([2.0], [8], [10])
+    assert unknown["tau"] is None and unknown["acc_k"] is None and unknown["tau_draft_vocab"] == 1.8
+
+
+def _served_case(seed: int = 0):
+    """A draft whose vocab is 40 of 300 target ids, and a target whose hidden rows are the draft's
+    own step-0 outputs (so within the draft vocab it agrees often), with out-of-vocab lm_head rows
+    that win at some positions: the draft-vocab count says right where a server says wrong."""
+    g = torch.Generator().manual_seed(seed)
+    draft = small_draft(vocab=300, draft_vocab=40, seed=seed)
+    chosen = torch.randperm(300, generator=g)[:40].sort().values
+    t2d = torch.zeros(300, dtype=torch.bool)
+    t2d[chosen] = True
+    draft.set_vocab_mapping(chosen - torch.arange(40), t2d)
+    batch = _batch(b=2, t=16, seed=seed)
+    with torch.no_grad():
+        out0 = draft.norm(next(iter(unroll(draft, batch["input_ids"], batch["aux_hidden_states"], 1)))[1])
+    hs = torch.zeros_like(batch["hidden_state"])
+    hs[:, 1:] = out0.view(2, 16, -1)[:, :-1]        # target row q = the draft's step-0 row q-1
+    batch["hidden_state"] = hs
+    full_head = torch.randn(300, 64, generator=g) * 0.07
+    full_head[chosen] = draft.lm_head.weight.detach()
+    return draft, batch, full_head, chosen
+
+
+def _hand_served(draft, batch, full_head, chosen, length):
+    """Per position, by loops: step k predicts target row q from draft row p = q-1-k; a server
+    accepts iff the draft's token (as a target id) is the full-vocab argmax of the target."""
+    outs = {}
+    with torch.no_grad():
+        for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"], length):
+            outs[k] = (out, index)
+        served, in_vocab, count = [0] * length, [0] * length, [0] * length
+        b, t = batch["input_ids"].shape
+        for i in range(b):
+            for q in range(t - 1):
+                if not batch["loss_mask"][i, q + 1]:
+                    continue
+                h = batch["hidden_state"][i, q]
+                full_argmax = int((full_head @ h).argmax())
+                dv_argmax = int((full_head[chosen] @ h).argmax())
+                for k in range(length):
+                    p = q - 1 - k
+                    if p < 0:
+                        continue
+                    out, index = outs[k]
+                    pred = int(draft.logits(out[index[i, p]]).argmax())
+                    count[k] += 1
+                    served[k] += int(chosen[pred]) == full_argmax
+                    in_vocab[k] += pred == dv_argmax
+    return served, in_vocab, count
+
+
+def test_served_tau_counts_the_target_full_vocab_argmax():
+    """Defect 16.7: SGLang / vLLM verify a draft token against the target's argmax over its full
+    vocabulary. Where that argmax is a token outside the draft vocab, the draft-vocab figure counts
+    a hit and the server a miss: served tau < draft-vocab tau, each equal to a loop by hand."""
+    draft, batch, full_head, chosen = _served_case()
+    length = 3
+    r = ttt_forward(draft, batch, length=length, target_head=full_head[chosen], full_head=full_head)
+    served, in_vocab, count = _hand_served(draft, batch, full_head, chosen, length)
+    assert r.count == count and r.correct_served == served and r.correct_draft_vocab == in_vocab
+    assert 0 < served[0] < in_vocab[0]        # the case exists in this data, both ways
+    s = summarize(r.loss_sum, r.correct_draft_vocab, r.count, r.correct_served)
+    tau_hand = 1 + sum(math.prod(a / c for a, c in zip(served[:k + 1], count[:k + 1])) for k in range(length))
+    tau_dv_hand = 1 + sum(math.prod(a / c for a, c in zip(in_vocab[:k + 1], count[:k + 1])) for k in range(length))
+    assert math.isclose(s["tau"], tau_hand) and math.isclose(s["tau_draft_vocab"], tau_dv_hand)
+    assert s["tau"] < s["tau_draft_vocab"]
+    # a top-K store's rows (draft-vocab top-K + the stored full-vocab argmax) count the same
+    topk = {k: v for k, v in batch.items() if k != "hidden_state"}
+    values, ids = (batch["hidden_state"] @ full_head[chosen].T).topk(8, dim=-1)
+    topk["target_topk_ids"], topk["target_topk_logits"] = ids, values
+    topk["target_argmax"] = (batch["hidden_state"] @ full_head.T).argmax(-1)
+    got = ttt_forward(draft, topk, length=length)
+    assert got.correct_served == served and got.correct_draft_vocab == in_vocab
+    # without the full-vocab argmax the served figure is unknown, never the draft-vocab one
+    del topk["target_argmax"]
+    assert ttt_forward(draft, topk, length=length).correct_served is None
+    assert ttt_forward(draft, batch, length=length, target_head=full_head[chosen]).correct_served is None
+
+
+def test_full_vocab_draft_served_equals_draft_vocab_figure():
+    draft = small_draft()
+    batch = _batch()
+    head = torch.randn(300, 64)
+    r = ttt_forward(draft, batch, length=3, target_head=head)
+    assert r.correct_served == r.correct_draft_vocab
+    assert r.correct_served == ttt_forward(draft, batch, length=3, target_head=head, full_head=head).correct_served
 
 
 

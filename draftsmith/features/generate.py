@@ -34,6 +34,7 @@ from draftsmith.features.codecs import CODECS, DEFAULT_CODEC, get_codec
 from draftsmith.features.store import (FORMAT, MANIFEST, PLAN, SHARDS, VERSION, sample_checksum, shard_name,
                                        write_shard)
 from draftsmith.fsutil import write_json_atomic
+from draftsmith.train.ttt import full_vocab_argmax
 
 VOCAB_FILE = "vocab.safetensors"
 SPECFORGE_BYTES = "8*H+16"
@@ -133,9 +134,10 @@ def make_plan(lengths: list[int], num_samples: int | None, max_length: int, shar
 
 def bytes_per_token(codec: str, hidden_size: int, num_aux: int, topk: int | None,
                     supervised_fraction: float = 1.0, logit_bytes: int = 2) -> float:
-    """Stored bytes per token: ids (4) + loss mask (1) + aux rows + target signal."""
+    """Stored bytes per token: ids (4) + loss mask (1) + aux rows + target signal (top-K: K ids and
+    logits plus the full-vocab argmax id per supervised row)."""
     c = get_codec(codec)
-    signal = c.row_bytes(hidden_size) if topk is None else supervised_fraction * topk * (4 + logit_bytes)
+    signal = c.row_bytes(hidden_size) if topk is None else supervised_fraction * (topk * (4 + logit_bytes) + 4)
     return 5 + c.row_bytes(num_aux * hidden_size) + signal
 
 
@@ -539,8 +541,11 @@ def _encode_batch(target, codec, rows, ids, seqs, masks, width, topk, draft_to_t
         nxt = torch.zeros_like(loss, dtype=torch.bool)
         nxt[:, :-1] = loss[:, 1:].bool()
         topk_rows = nxt.sum(dim=1).tolist()
-        top_ids, top_logits = target.topk(feats["hidden_state"][nxt.to(target.device)], draft_to_target, topk)
+        hidden = feats["hidden_state"][nxt.to(target.device)]
+        top_ids, top_logits = target.topk(hidden, draft_to_target, topk)
         tensors["topk_ids"], tensors["topk_logits"] = top_ids.to(torch.int32), top_logits
+        # the full-vocab argmax: what SGLang / vLLM verify a draft token against (train/ttt.py)
+        tensors["topk_argmax"] = full_vocab_argmax(hidden, target.lm_head_weight).to(torch.int32)
     return _Batch(shard=shard, rows=list(rows), ids=ids, lengths=lengths, topk_rows=topk_rows, tensors=tensors)
 
 

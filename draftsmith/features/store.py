@@ -10,7 +10,9 @@ Layout of a store folder (docs/feature-store.md):
 
 A shard's tensors are token-aligned: `input_ids` [N], `loss_mask` [N], `aux.<part>`
 [N, ...], `hidden.<part>` [N, ...]; with a top-k target signal, `topk_ids` and
-`topk_logits` [M, K] hold only the M rows at supervised positions. Sample i is the row
+`topk_logits` [M, K] (draft-vocab ids) and `topk_argmax` [M] (the target's argmax over
+its full vocabulary, a target id; absent in stores written before it existed) hold only
+the M rows at supervised positions. Sample i is the row
 slice [offset, offset + length) (and [topk_offset, topk_offset + topk_rows)).
 """
 
@@ -130,6 +132,12 @@ class FeatureStore(Dataset):
     def ids(self) -> list[str]:
         return [s["id"] for s in self.samples]
 
+    @property
+    def has_target_argmax(self) -> bool:
+        """A top-K store that holds the target's full-vocab argmax per row (`topk_argmax`)."""
+        return self.topk is not None and bool(self.samples) and \
+            "topk_argmax" in self._handle(self.samples[0]["shard"]).keys()
+
     def _shard_path(self, shard: int) -> Path:
         return self.root / SHARDS / self.manifest["shards"][shard]["file"]
 
@@ -187,6 +195,10 @@ class FeatureStore(Dataset):
             ids[rows] = raw["topk_ids"].long()
             logits[rows] = raw["topk_logits"].float()
             item["target_topk_ids"], item["target_topk_logits"] = ids, logits
+            if "topk_argmax" in raw:
+                argmax = torch.full((length,), -1, dtype=torch.long)
+                argmax[rows] = raw["topk_argmax"].long()
+                item["target_argmax"] = argmax
         return item
 
     def verify(self) -> None:

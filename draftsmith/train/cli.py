@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     if result.get("eval") is not None:
         ev = result["eval"]
-        print(f"eval: tau {ev['tau']:.3f}, acc_k {[round(a, 3) for a in ev['acc_k']]}", file=sys.stderr)
+        served = "unknown" if ev["tau"] is None else f"{ev['tau']:.3f}, acc_k {[round(a, 3) for a in ev['acc_k']]}"
+        print(f"eval: tau {served} (full-vocab argmax, as served); within the draft vocab "
+              f"{ev['tau_draft_vocab']:.3f}", file=sys.stderr)
     print(json.dumps({"final": result["final"], "global_step": result["global_step"]}))
     return 0

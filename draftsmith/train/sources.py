@@ -55,6 +55,8 @@ class OfflineSource:
         self.store = store
         self.max_length = max_length
         self.signal = "hidden" if store.manifest.get("topk") in (None, 0) else "topk"
+        # the hidden signal gives the full-vocab argmax through the lm_head; a top-K store only if it stored it
+        self.has_target_argmax = self.signal == "hidden" or store.has_target_argmax
 
     def __len__(self) -> int:
         return len(self.store)
@@ -77,6 +79,7 @@ class OnlineSource:
     """Batches from tokenized rows, with the target run on each batch."""
 
     signal = "hidden"
+    has_target_argmax = True
 
     def __init__(self, dataset, target, max_length: int | None = None):
         self.dataset = dataset

@@ -33,9 +33,23 @@ from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic, write_text_atomic
+from draftsmith.logs import get_logger
 from draftsmith.train.ttt import summarize, ttt_forward
 
 STATE_DIR = "training_state"
+log = get_logger(__name__)
+
+
+def metric_sums(r) -> list[float]:
+    """A TTT result as one flat list to sum and all-reduce: per step loss, draft-vocab hits, served
+    hits (0 when unknown), rows."""
+    served = r.correct_served if r.correct_served is not None else [0] * len(r.count)
+    return list(r.loss_sum) + list(r.correct_draft_vocab) + list(served) + list(r.count)
+
+
+def summarize_sums(sums: list[float], length: int, served_known: bool) -> dict:
+    return summarize(sums[:length], sums[length:2 * length], sums[3 * length:4 * length],
+                     sums[2 * length:3 * length] if served_known else None)
 
 
 @dataclass
@@ -104,15 +118,15 @@ class TTTModule(torch.nn.Module):
     """The draft with TTT as its forward, so DDP / FSDP see one forward per micro-batch."""
 
     def __init__(self, draft: Eagle3Draft, target_head: torch.Tensor | None, length: int, decay: float,
-                 attention: str):
+                 attention: str, full_head: torch.Tensor | None = None):
         super().__init__()
         self.draft = draft
-        self.target_head = target_head
+        self.target_head, self.full_head = target_head, full_head
         self.length, self.decay, self.attention = length, decay, attention
 
     def forward(self, batch: dict[str, torch.Tensor]):
         return ttt_forward(self.draft, batch, length=self.length, decay=self.decay,
-                           target_head=self.target_head, attention=self.attention)
+                           target_head=self.target_head, full_head=self.full_head, attention=self.attention)
 
 
 # ----- data order --------------------------------------------------------------------------------
@@ -306,10 +320,17 @@ class Trainer:
         self.draft = Eagle3Draft(dcfg).to(self.device)
         self.draft.set_vocab_mapping(d2t.to(self.device), t2d.to(self.device))
         self.draft.load_embeddings(embed.to(self.device))
-        self.target_head = None
+        self.target_head = self.full_head = None
         if self.train_source.signal == "hidden":
             self.target_head = lm_head.index_select(0, self.draft.draft_to_target.to(lm_head.device)) \
                 .to(self.device).detach()
+            if vd < vocab_size:   # the full-vocab argmax servers verify against (train/ttt.py)
+                self.full_head = lm_head.to(self.device).detach()
+        for name, source in (("train", self.train_source), ("eval", self.eval_source)):
+            if source is not None and not source.has_target_argmax and vd < vocab_size:
+                log.warning("the %s top-K store predates stored full-vocab argmaxes: its served tau is unknown "
+                            "(reported as null; tau_draft_vocab overstates it). Rerun hidden-states to get it.",
+                            name)
 
     def _tokenized(self, path: str, flag: str, model_path: str | None = None):
         from draftsmith.data.build import load_tokenized
@@ -345,7 +366,7 @@ class Trainer:
         attention = cfg.attention
         if attention == "auto":
             attention = "flex" if self.device.type == "cuda" else "blockwise"
-        module = TTTModule(self.draft, self.target_head, cfg.ttt_length, cfg.loss_decay, attention)
+        module = TTTModule(self.draft, self.target_head, cfg.ttt_length, cfg.loss_decay, attention, self.full_head)
         self.module = module
         if self.info.world_size > 1:
             if cfg.parallel == "fsdp":
@@ -491,19 +512,21 @@ class Trainer:
         # a rank with fewer samples repeats its first one and drops the result
         per_rank = -(-n // self.dp_size)
         length = self.cfg.ttt_length
-        sums = [0.0] * (3 * length)
+        sums = [0.0] * (4 * length)
+        served = True
         for i in range(0, per_rank, self.cfg.batch_size):
             chunk = indices[i:i + self.cfg.batch_size]
             batch = self.eval_source.batch(chunk or indices[:1] or [0], self.device)
             with self._autocast():
                 r = self.model(batch)
+            served = served and r.correct_served is not None
             if chunk:
-                sums = [a + b for a, b in zip(sums, r.loss_sum + r.correct + r.count)]
+                sums = [a + b for a, b in zip(sums, metric_sums(r))]
         sums = self._reduce(sums)
         self.model.train()
-        s = summarize(sums[:length], sums[length:2 * length], sums[2 * length:])
+        s = summarize_sums(sums, length, served)
         return {"split": "eval", "step": self.global_step, "epoch": self.epoch, **s,
-                "supervised_rows": int(sums[2 * length])}
+                "supervised_rows": int(sums[3 * length])}
 
     # .. loop ..
     def train(self) -> dict:
@@ -529,7 +552,8 @@ class Trainer:
             bar = tqdm(total=stop_at, initial=self.global_step, desc="train", unit="step", file=sys.stderr)
         self.model.train()
         length = cfg.ttt_length
-        acc = [0.0] * (3 * length + 1)          # loss_sum, correct, count per step, tokens
+        acc = [0.0] * (4 * length + 1)          # metric_sums per step, tokens
+        served = True
         busy = 0.0                               # seconds of training work since the last log row
         last_eval = None
         while self.global_step < stop_at and self.epoch < cfg.num_epochs:
@@ -550,8 +574,8 @@ class Trainer:
                     with self._autocast():
                         r = self.model(batch)
                     (r.loss / cfg.gradient_accumulation_steps).backward()
-                acc = [a + b for a, b in zip(acc, r.loss_sum + r.correct + r.count
-                                             + [float(batch["attention_mask"].sum())])]
+                acc = [a + b for a, b in zip(acc, metric_sums(r) + [float(batch["attention_mask"].sum())])]
+                served = served and r.correct_served is not None
                 self.batch_in_epoch += 1
                 if not last_micro:
                     busy += time.perf_counter() - t0
@@ -565,15 +589,17 @@ class Trainer:
                 busy += time.perf_counter() - t0
                 if self.global_step % cfg.log_interval == 0 or self.global_step == stop_at:
                     sums = self._reduce(acc)
-                    s = summarize(sums[:length], sums[length:2 * length], sums[2 * length:3 * length])
+                    s = summarize_sums(sums, length, served)
                     row = {"step": self.global_step, "epoch": self.epoch, "lr": lr, **s,
                            "grad_norm": float(grad_norm), "tokens": int(sums[-1]),
                            "tokens_per_s": sums[-1] / busy if busy > 0 else 0.0}
                     self._log(row)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{s['loss_k'][0]:.3f}", acc0=f"{s['acc_k'][0]:.3f}",
-                                        tau=f"{s['tau']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    acc = [0.0] * (3 * length + 1)
+                        bar.set_postfix(loss=f"{s['loss_k'][0]:.3f}",
+                                        tau="?" if s["tau"] is None else f"{s['tau']:.2f}",
+                                        tau_dv=f"{s['tau_draft_vocab']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    acc = [0.0] * (4 * length + 1)
+                    served = True
                     busy = 0.0
                 if bar is not None:
                     bar.update(1)

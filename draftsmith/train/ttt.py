@@ -17,8 +17,21 @@ Every supervised token t >= 2 is thus a step-0 target (row t-2); tokens 0 and 1 
 draft context (token 1 is the target's own first prediction at serving time).
 
 The target rows needed are the same at every step: positions q with loss_mask[q+1] = 1
-(the feature store's top-K rows). They are computed once per batch, over the draft
-vocabulary only. The draft's logits are computed for supervised rows only, after the
+(the feature store's top-K rows). Their distribution is computed once per batch, over the
+draft vocabulary only (the loss is a soft CE over the draft vocab).
+
+Accuracy is counted the way servers verify. SGLang (0.5.x, `eagle_worker.py` verify ->
+`eagle_info.py` `EagleVerifyInput.verify`, greedy path: `target_predict =
+torch.argmax(logits_output.next_token_logits, dim=-1)`) and vLLM (0.33,
+`v1/sample/rejection_sampler.py`, greedy: `target_argmax = target_probs.argmax(dim=-1)`)
+both take the argmax over the target's *full* vocabulary and accept a draft token
+(mapped to a target id through d2t) only if it equals it. So `correct_served` counts
+`draft_to_target[draft argmax] == full-vocab target argmax`, and `correct_draft_vocab`
+keeps the older, optimistic figure (the draft's argmax equals the target's argmax within
+the draft vocab), which counts a hit even where the target's choice is a token the
+draft cannot emit. The full-vocab argmax comes from `hidden_state @ lm_head.T` (hidden
+signal, `full_head`), from a top-K store's `target_argmax` rows, or, for a full-vocab
+draft, is the draft-vocab argmax itself. The draft's logits are computed for supervised rows only, after the
 unroll, by one fused loss over all steps' rows in chunks whose gradient is taken in the
 forward pass: logits never exist for more than one chunk of rows.
 """
@@ -40,8 +53,10 @@ LOGITS_CHUNK_ELEMENTS = 1 << 22   # rows per loss chunk = this / draft vocab (16
 class TTTResult:
     loss: torch.Tensor                    # Σ_k decay^k loss_k, differentiable
     loss_sum: list[float] = field(default_factory=list)  # per step Σ CE over supervised rows
-    correct: list[int] = field(default_factory=list)     # per step argmax matches
+    correct_draft_vocab: list[int] = field(default_factory=list)  # per step: argmax matches within the draft vocab
     count: list[int] = field(default_factory=list)       # per step supervised rows
+    correct_served: list[int] | None = None              # per step: d2t(draft argmax) == full-vocab target argmax;
+    #                                                      None when the full-vocab argmax is unknown
 
 
 def target_rows(loss_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -224,14 +239,29 @@ def _live_steps(draft, input_ids, out0, k0, v0, length, live):
         yield k, (torch.cat(outs) if outs else out0.new_zeros(0, out0.shape[-1])), index
 
 
+def full_vocab_argmax(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
+    """argmax over the target's whole vocabulary of `hidden @ lm_head.T` ([N, H] x [V, H] -> [N]
+    target ids), in the head's dtype like the target's own lm_head, chunked so that at most
+    LOGITS_CHUNK_ELEMENTS logits exist at once."""
+    out = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    chunk = max(1, LOGITS_CHUNK_ELEMENTS // lm_head.shape[0])
+    for a in range(0, hidden.shape[0], chunk):
+        out[a:a + chunk] = (hidden[a:a + chunk].to(lm_head.dtype) @ lm_head.T).float().argmax(-1)
+    return out
+
+
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
-                target_head: torch.Tensor | None = None, attention: str = "blockwise",
-                fused_loss: bool = True) -> TTTResult:
+                target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
+                attention: str = "blockwise", fused_loss: bool = True) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
     either hidden_state [B, T, Ht] (with `target_head` = the target lm_head rows of the draft
-    vocab, [Vd, Ht]) or target_topk_ids / target_topk_logits [B, T, K] (draft-vocab ids).
+    vocab, [Vd, Ht]) or target_topk_ids / target_topk_logits [B, T, K] (draft-vocab ids), and
+    optionally target_argmax [B, T] (full-vocab target ids, a top-K store's). `full_head` (the
+    target's whole lm_head [V, Ht]) gives the full-vocab argmax of a hidden_state batch; the
+    served accuracy (`correct_served`) is None when neither gives it and the draft vocab is
+    not the full vocab.
     attention: "blockwise" (StepPattern: causal T×T + diagonal scores, recomputed in
     backward), "sdpa" (explicit T × T·(k+1) bool mask; the reference) or "flex" (BlockMask;
     the memory-efficient kernel on CUDA). fused_loss=False uses plain autograd for the loss
@@ -255,6 +285,15 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             hs = batch["hidden_state"][qb, qq]
             target_logp = F.log_softmax((hs.to(target_head.dtype) @ target_head.T).float(), dim=-1)
             target_argmax = target_logp.argmax(-1)
+        draft_to_target = draft.draft_to_target
+        if "target_argmax" in batch:
+            served_argmax = batch["target_argmax"][qb, qq].long()
+        elif "hidden_state" in batch and full_head is not None:
+            served_argmax = full_vocab_argmax(batch["hidden_state"][qb, qq], full_head)
+        elif draft.config.draft_vocab_size == draft.config.vocab_size:
+            served_argmax = draft_to_target[target_argmax]
+        else:
+            served_argmax = None
 
     rows_x, row_w, step_of_row, counts = [], [], [], []
     # every parameter stays in the graph even when a batch supervises nothing (DDP)
@@ -271,7 +310,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
     result = TTTResult(loss=pad, count=counts)
     if not rows_x:
-        result.loss_sum, result.correct = [0.0] * length, [0] * length
+        result.loss_sum, result.correct_draft_vocab = [0.0] * length, [0] * length
+        result.correct_served = None if served_argmax is None else [0] * length
         return result
     keep_all = torch.cat([step_rows(qb, qq, k)[0].nonzero().flatten() for k in range(length)])
     x = torch.cat(rows_x)
@@ -279,20 +319,35 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size))
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
     steps = torch.cat(step_of_row)
-    hit = (pred == target_argmax[keep_all]).long()
     result.loss = loss + pad
     result.loss_sum = torch.zeros(length, dtype=torch.float64).index_add_(0, steps.cpu(), ce.double().cpu()).tolist()
-    result.correct = torch.zeros(length, dtype=torch.long).index_add_(0, steps.cpu(), hit.cpu()).tolist()
+
+    def per_step(hit: torch.Tensor) -> list[int]:
+        return torch.zeros(length, dtype=torch.long).index_add_(0, steps.cpu(), hit.long().cpu()).tolist()
+
+    result.correct_draft_vocab = per_step(pred == target_argmax[keep_all])
+    if served_argmax is not None:
+        result.correct_served = per_step(draft_to_target[pred] == served_argmax[keep_all])
     return result
 
 
-def summarize(loss_sum: list[float], correct: list[int], count: list[int]) -> dict[str, object]:
-    """Per-step mean loss and accuracy, and the simulated acceptance length
-    τ = 1 + Σ_k Π_{i<=k} acc_i (a chain of drafts accepted while each step is right)."""
-    loss_k = [s / c if c else 0.0 for s, c in zip(loss_sum, count)]
-    acc_k = [r / c if c else 0.0 for r, c in zip(correct, count)]
+def _tau(acc_k: list[float]) -> float:
     tau, run = 1.0, 1.0
     for a in acc_k:
         run *= a
         tau += run
-    return {"loss_k": loss_k, "acc_k": acc_k, "tau": tau}
+    return tau
+
+
+def summarize(loss_sum: list[float], correct_draft_vocab: list[int], count: list[int],
+              correct_served: list[int] | None = None) -> dict[str, object]:
+    """Per-step mean loss and accuracy, and the simulated acceptance length
+    τ = 1 + Σ_k Π_{i<=k} acc_i (a chain of drafts accepted while each step is right).
+
+    `acc_k` / `tau` are the served figures (full-vocab target argmax; None when unknown),
+    `acc_k_draft_vocab` / `tau_draft_vocab` the within-draft-vocab ones (>= the served ones)."""
+    loss_k = [s / c if c else 0.0 for s, c in zip(loss_sum, count)]
+    acc_dv = [r / c if c else 0.0 for r, c in zip(correct_draft_vocab, count)]
+    acc = None if correct_served is None else [r / c if c else 0.0 for r, c in zip(correct_served, count)]
+    return {"loss_k": loss_k, "acc_k": acc, "tau": None if acc is None else _tau(acc),
+            "acc_k_draft_vocab": acc_dv, "tau_draft_vocab": _tau(acc_dv)}
