@@ -12,11 +12,13 @@ worker does it:
   keeps the `topk` best children by cumulative log-probability. The `num_draft_tokens-1`
   best nodes form the tree (a chain when topk = 1).
 - Verification: one target forward over [last token, tree nodes] with a tree attention
-  mask on top of the target's KV cache. The longest path whose tokens equal the target's
+  mask on top of the target's KV cache (a chain passes no mask: the model's own causal
+  mask keeps its sliding windows). The longest path whose tokens equal the target's
   own greedy choices is accepted, plus the target's choice after it (the bonus token).
 - Rollback: the target cache keeps the prefix, the last token and the accepted path; the
   draft drops its tentative tree and re-extends over the accepted tokens with the
-  verify pass's target features.
+  verify pass's target features. Trees need full-attention caches (a sliding-window
+  target, e.g. Mistral, Gemma 3, gpt-oss, decodes chains only).
 
 Greedy acceptance keeps the output token-identical to the target's plain greedy decoding
 (up to float ties between a batched and a one-token forward); `evaluate` checks that.
@@ -85,21 +87,24 @@ def _tree_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allow, zero, neg)[None, None]
 
 
+def _full_attention_only(cache) -> str | None:
+    """The first KV-cache layer type that is not plain full attention (sliding window, ...), or None."""
+    from transformers.cache_utils import DynamicLayer
+
+    return next((type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer), None)
+
+
 def _keep_cache_positions(cache, keep: torch.Tensor, length: int) -> None:
     """Keep only the sequence positions `keep` of the target's `length` cached ones.
 
-    An accepted chain keeps a prefix, which every HF cache can crop; a tree path keeps
-    scattered rows, gathered from full-attention layers."""
-    from transformers.cache_utils import DynamicLayer
-
+    An accepted chain keeps a prefix, which every HF cache can crop (sliding-window layers
+    too: the cache records the states past their window, `activate_past_recording`); a tree
+    path keeps scattered rows, gathered from full-attention layers."""
     if torch.equal(keep.cpu(), torch.arange(keep.numel())):
         if keep.numel() < length:
             cache.crop(keep.numel() - length)          # a negative count removes that many tokens
         return
     for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
-            raise DraftsmithError(f"tree drafting (--topk > 1) needs full-attention KV caches; this target uses "
-                                  f"{type(layer).__name__}: use --topk 1")
         layer.keys = layer.keys.index_select(-2, keep)
         layer.values = layer.values.index_select(-2, keep)
 
@@ -113,6 +118,8 @@ class _Target:
         self.model = model
         self.aux_layers = aux_layers
         self.cache = DynamicCache(config=model.config)
+        # sliding-window layers drop states past their window; a rejected draft must be croppable
+        self.cache.activate_past_recording()
         self.dtype = model.get_input_embeddings().weight.dtype
         self.device = model.get_input_embeddings().weight.device
 
@@ -243,6 +250,10 @@ def speculative_generate(model, draft, prompt_ids: list[int], cfg: SpecConfig, a
     """Greedy speculative decoding of one reply; `aux_layers` are HF hidden_states indices."""
     start = time.perf_counter()
     target = _Target(model, aux_layers)
+    window_layer = _full_attention_only(target.cache)
+    if cfg.topk > 1 and window_layer is not None:
+        raise DraftsmithError(f"tree drafting (--topk > 1) needs full-attention KV caches; this target has "
+                              f"{window_layer} layers (sliding window): use --topk 1")
     d = _Draft(draft)
     prompt = torch.tensor(prompt_ids, dtype=torch.long)
     n = prompt.numel()
@@ -266,7 +277,9 @@ def speculative_generate(model, draft, prompt_ids: list[int], cfg: SpecConfig, a
         for node in nodes:
             for a in tree.ancestors(node):
                 allow[index[node], pos + index[a]] = True
-        logits, aux = target.forward(ids, positions, allow if m else None, want_aux=cfg.tree_size > 0)
+        # a chain is plain causal: the target builds its own mask (with its sliding windows)
+        chain = all(tree.parent[node] == (nodes[j - 1] if j else -1) for j, node in enumerate(nodes))
+        logits, aux = target.forward(ids, positions, None if chain else allow, want_aux=cfg.tree_size > 0)
         choice = logits.argmax(dim=-1).tolist()
         children: dict[int, list[int]] = {}
         for node in nodes:
