@@ -28,6 +28,11 @@ Weight names follow SGLang python/sglang/srt/models/llama_eagle3.py (`fc`, `midl
 `norm`, `lm_head`, `d2t` turned into hot_token_id, `t2d` skipped) and vLLM
 vllm/model_executor/models/llama_eagle3.py (`midlayer.` renamed to `layers.0.`, `d2t` to
 `draft_id_to_target_id`, `embed_tokens` optional).
+
+Every problem names the engines it breaks (`Problem.engines`): a full-vocabulary draft that
+ships `d2t` loads in SGLang (identity) but vLLM refuses it, so `inspect` reports per engine and
+`export` writes only folders both load. The engine rules are pinned, with file:line, in
+tests/test_engine_conventions.py (SGLang 0.5.23, vLLM 0.33.0).
 """
 
 from __future__ import annotations
@@ -48,6 +53,19 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DTYPE_NAMES = {v: k for k, v in FLOAT_DTYPES.items()}
+ENGINES = ("sglang", "vllm")
+ENGINE_NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
+
+
+class Problem(str):
+    """An error message that also knows which engines it breaks (a plain str everywhere else)."""
+
+    engines: tuple[str, ...]
+
+    def __new__(cls, message: str, engines: tuple[str, ...] = ENGINES) -> "Problem":
+        self = super().__new__(cls, message)
+        self.engines = tuple(engines)
+        return self
 
 
 @dataclass
@@ -65,6 +83,11 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def engines(self) -> dict[str, list[str]]:
+        """Per engine, the problems that stop it serving the draft as trained ([] = it will)."""
+        return {e: [str(p) for p in self.errors if e in getattr(p, "engines", ENGINES)] for e in ENGINES}
+
     def raise_if_invalid(self) -> None:
         if self.errors:
             lines = "\n  ".join(self.errors)
@@ -73,7 +96,11 @@ class CheckReport:
 
 
 def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every tensor the engines read, with its shape, derived from config.json alone."""
+    """Every tensor the engines read, with its shape, derived from config.json alone.
+
+    `d2t`/`t2d` only for a reduced draft vocabulary: with draft_vocab_size == vocab_size vLLM
+    0.33.0 has no parameter to load d2t into (llama_eagle3.py:339-345) and SGLang uses the
+    identity when none comes."""
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
@@ -84,6 +111,7 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     vocab = int(config["vocab_size"])
     attn = "midlayer.self_attn."
     mlp = "midlayer.mlp."
+    mapping = {"d2t": (draft_vocab,), "t2d": (vocab,)} if draft_vocab < vocab else {}
     return {
         "fc.weight": (hidden, 3 * target_hidden),
         "midlayer.input_layernorm.weight": (hidden,),
@@ -98,8 +126,7 @@ def expected_tensors(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         mlp + "down_proj.weight": (hidden, inter),
         "norm.weight": (hidden,),
         "lm_head.weight": (draft_vocab, hidden),
-        "d2t": (draft_vocab,),
-        "t2d": (vocab,),
+        **mapping,
     }
 
 
@@ -152,8 +179,9 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
         errors.append(f"config.json: num_hidden_layers = {config.get('num_hidden_layers')}: SGLang and vLLM "
                       "name extra draft layers differently, only one layer exports to both")
     if config.get("tie_word_embeddings", True) is not False:
-        errors.append("config.json: tie_word_embeddings must be false: SGLang replaces the draft lm_head with "
-                      "the target embeddings when it is true (and the default is true)")
+        errors.append(Problem("config.json: tie_word_embeddings must be false: SGLang replaces the draft lm_head "
+                              "with the target embeddings when it is true (and the default is true)",
+                              engines=("sglang",)))
     vocab, draft_vocab = config.get("vocab_size"), config.get("draft_vocab_size")
     if isinstance(vocab, int) and isinstance(draft_vocab, int) and draft_vocab > vocab:
         errors.append(f"config.json: draft_vocab_size {draft_vocab} > vocab_size {vocab}")
@@ -187,8 +215,8 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
             errors.append(f"config.json: aux layer ids {top}: index 0 is the embedding output, SGLang "
                           "cannot capture it")
     if config.get("norm_before_residual"):
-        errors.append("config.json: norm_before_residual is true: vLLM would feed the normed hidden as the residual, "
-                      "SGLang (and the draft as trained) the raw one")
+        errors.append(Problem("config.json: norm_before_residual is true: vLLM would feed the normed hidden as the "
+                              "residual, SGLang (and the draft as trained) the raw one", engines=("vllm",)))
     if isinstance(eagle, Mapping) and eagle.get("use_aux_hidden_state") is False:
         errors.append("config.json: eagle_config.use_aux_hidden_state is false: vLLM would skip fc")
 
@@ -231,15 +259,27 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
             errors.append(f"{WEIGHTS_FILE}: {name!r} has shape {list(tensors[name].shape)}, config.json "
                           f"implies {list(shape)}")
     vocab, hidden = int(config["vocab_size"]), int(config["hidden_size"])
+    draft_vocab = int(config.get("draft_vocab_size") or vocab)
     for name in tensors:
         if name in expected:
+            continue
+        if name == "d2t" and draft_vocab == vocab:
+            errors.append(Problem(
+                f"{WEIGHTS_FILE}: 'd2t' in a full-vocabulary draft (draft_vocab_size == vocab_size == {vocab}): "
+                "vLLM creates no draft_id_to_target_id parameter then, renames d2t to it and refuses to load "
+                "(\"There is no module or parameter named 'draft_id_to_target_id'\"); `draftsmith export` "
+                "drops it (SGLang uses the identity without it)", engines=("vllm",)))
+            continue
+        if name == "t2d" and draft_vocab == vocab:
+            warnings.append(f"{WEIGHTS_FILE}: 't2d' in a full-vocabulary draft: both engines skip it")
             continue
         if name == "embed_tokens.weight":
             if tuple(tensors[name].shape) != (vocab, hidden):
                 errors.append(f"{WEIGHTS_FILE}: {name!r} has shape {list(tensors[name].shape)}, expected "
                               f"{[vocab, hidden]}")
             continue
-        errors.append(f"{WEIGHTS_FILE}: unknown tensor {name!r}: SGLang drops names it does not know")
+        errors.append(f"{WEIGHTS_FILE}: unknown tensor {name!r}: SGLang drops names it does not know (serving "
+                      "without it), vLLM's loader refuses them")
 
     float_dtypes = set()
     for name, t in tensors.items():
@@ -259,8 +299,10 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 
     summary: dict[str, Any] = {}
     d2t, t2d = tensors.get("d2t"), tensors.get("t2d")
-    draft_vocab = int(config.get("draft_vocab_size") or vocab)
-    if d2t is not None and tuple(d2t.shape) == (draft_vocab,):
+    if draft_vocab == vocab and draft_vocab:
+        summary = {"draft_vocab_size": draft_vocab, "target_id_min": 0, "target_id_max": vocab - 1,
+                   "identity": True}
+    elif d2t is not None and tuple(d2t.shape) == (draft_vocab,):
         if d2t.dtype != torch.int64:
             errors.append(f"{WEIGHTS_FILE}: 'd2t' has dtype {d2t.dtype}, expected int64 (target_id = draft_id + "
                           "d2t[draft_id])")
@@ -363,6 +405,12 @@ def export_checkpoint(cfg: ExportConfig) -> CheckReport:
     if len(out_dtypes) == 1:
         draft_cfg.dtype = out_dtypes.pop()
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    if draft_cfg.draft_vocab_size == draft_cfg.vocab_size:
+        d2t = tensors.pop("d2t", None)
+        tensors.pop("t2d", None)
+        if d2t is not None and bool(d2t.any()):
+            raise InputError("a full-vocabulary draft with a non-identity d2t: vLLM cannot load a vocabulary "
+                             "mapping for it", path=Path(cfg.checkpoint) / WEIGHTS_FILE, field="d2t")
     if "d2t" in tensors and tensors["d2t"].dtype != torch.int64 and not tensors["d2t"].is_floating_point():
         tensors["d2t"] = tensors["d2t"].long()
     if cfg.include_embeddings:

@@ -1,8 +1,10 @@
 """`draftsmith inspect DIR`: what a draft folder holds and whether SGLang and vLLM will load it.
 
 Prints the config facts the engines act on (architecture, vocab sizes, rope, the aux
-layer ids in each engine's convention), the tensors, the d2t coverage, and every
-problem `draftsmith.export` finds. Exit status 0 when the folder will load, 1 when not.
+layer ids in each engine's convention), the tensors, the d2t coverage, every problem
+`draftsmith.export` finds, and per engine (SGLang, vLLM) whether it loads the folder and
+serves the draft as trained, or what stops it. Exit status 0 when every engine asked for
+(`--engine`, default both) will, 1 when not. What exit 0 cannot know: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from draftsmith.export import CheckReport, check_folder, expected_tensors, load_target_config
+from draftsmith.export import ENGINE_NAMES, ENGINES, CheckReport, check_folder, expected_tensors, load_target_config
 
 
 def format_report(report: CheckReport) -> str:
@@ -56,7 +58,13 @@ def format_report(report: CheckReport) -> str:
     for w in report.warnings:
         lines.append(f"warning: {w}")
     for e in report.errors:
-        lines.append(f"error: {e}")
+        only = getattr(e, "engines", ENGINES)
+        tag = "" if set(only) == set(ENGINES) else f"[{', '.join(ENGINE_NAMES[x] for x in only)} only] "
+        lines.append(f"error: {tag}{e}")
+    for engine, problems in report.engines.items():
+        verdict = "loads, serves the draft as trained" if not problems else \
+            f"REFUSES or serves another model ({len(problems)} problem(s) above)"
+        lines.append(f"{ENGINE_NAMES[engine]}: {verdict}")
     verdict = "yes" if report.ok else "NO"
     lines.append(f"loads in SGLang (EAGLE3) and vLLM (eagle3): {verdict}")
     return "\n".join(lines)
@@ -66,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="draft folder (config.json + model.safetensors)")
     parser.add_argument("--target-model-path", type=Path, default=None,
                         help="also check vocab, hidden size, rope and layer ids against this target")
+    parser.add_argument("--engine", choices=ENGINES, action="append", default=None,
+                        help="exit 0 when this engine will serve the folder (repeatable; default: both)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom code in the target config")
 
@@ -75,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     report = check_folder(args.checkpoint, target)
     if args.json:
         print(json.dumps({"path": str(report.path), "ok": report.ok, "errors": report.errors,
+                          "engines": {e: {"serves": not p, "problems": p} for e, p in report.engines.items()},
                           "warnings": report.warnings, "d2t": report.d2t_summary,
                           "tensors": {k: {"shape": list(s), "dtype": d} for k, (s, d) in report.tensors.items()},
                           "config": report.config}, indent=2))
     else:
         print(format_report(report))
-    return 0 if report.ok else 1
+    wanted = args.engine or list(ENGINES)
+    return 0 if not any(report.engines[e] for e in wanted) else 1

@@ -30,3 +30,12 @@ def make_checkpoint(target_dir: Path, out: Path) -> Path:
     draft = Eagle3Draft(cfg)
     draft.set_vocab_mapping(*vocab_mapping(cfg.vocab_size, DRAFT_VOCAB))
     return draft.save_pretrained(out)
+
+
+def make_full_vocab_checkpoint(target_dir: Path, out: Path) -> Path:
+    """Eagle3Draft.save_pretrained of a random draft whose vocabulary is the target's own."""
+    from transformers import AutoConfig
+
+    target = AutoConfig.from_pretrained(target_dir)
+    cfg = Eagle3Config.from_target_config(target, draft_vocab_size=target.vocab_size, aux_layer_ids=AUX)
+    return Eagle3Draft(cfg).save_pretrained(out)

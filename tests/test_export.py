@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from _export_helpers import AUX, DRAFT_VOCAB, make_checkpoint
+from _export_helpers import AUX, DRAFT_VOCAB, make_checkpoint, make_full_vocab_checkpoint
 from draftsmith import cli
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
@@ -201,3 +201,46 @@ def test_rope_scaling_must_match_the_target():
     target["rope_scaling"] = None
     errors = check_config(served, target)[0]
     assert len(errors) == 1 and "rope_scaling" in errors[0]
+
+
+# ----- #16.1: a full-vocabulary draft ships no d2t/t2d ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def full_vocab_checkpoint(tiny_llama_dir, tmp_path_factory) -> Path:
+    return make_full_vocab_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("full_vocab"))
+
+
+def test_full_vocab_export_writes_no_vocab_mapping(full_vocab_checkpoint, tiny_llama_dir, tmp_path):
+    """vLLM 0.33.0 creates `draft_id_to_target_id` only when draft_vocab_size != the target's
+    vocab (model_executor/models/llama_eagle3.py:339-345) but renames any shipped `d2t` to it
+    (:428-430), so its loader refuses the folder; SGLang 0.5.23 uses the identity when no d2t
+    comes (hot_token_id None: srt/speculative/eagle_worker_v2.py:757)."""
+    out = tmp_path / "served"
+    report = export_checkpoint(ExportConfig(checkpoint=full_vocab_checkpoint, output=out,
+                                            target_model_path=tiny_llama_dir))
+    assert report.ok and report.engines == {"sglang": [], "vllm": []}
+    written = load_file(str(out / "model.safetensors"))
+    assert "d2t" not in written and "t2d" not in written
+    config = json.loads((out / "config.json").read_text())
+    assert config["draft_vocab_size"] == config["vocab_size"]
+    reloaded = Eagle3Draft.from_pretrained(out)
+    assert torch.equal(reloaded.draft_to_target, torch.arange(config["vocab_size"]))
+
+
+def test_full_vocab_with_d2t_is_refused_for_vllm_only(full_vocab_checkpoint, tiny_llama_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "with_d2t"
+    shutil.copytree(full_vocab_checkpoint, folder)
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    _corrupt_weights(lambda t: t.update({"d2t": torch.zeros(vocab, dtype=torch.long),
+                                         "t2d": torch.ones(vocab, dtype=torch.bool)}))(folder)
+    report = check_folder(folder, load_target_config(tiny_llama_dir))
+    assert not report.ok
+    assert report.engines["sglang"] == []
+    assert len(report.engines["vllm"]) == 1 and "draft_id_to_target_id" in report.engines["vllm"][0]
+    assert cli.run_command("inspect", [str(folder), "--target-model-path", str(tiny_llama_dir)]) == 1
+    text = capsys.readouterr().out
+    assert "SGLang: loads" in text and "vLLM: REFUSES" in text
+    assert cli.run_command("inspect", [str(folder), "--engine", "sglang"]) == 0
+    assert cli.run_command("inspect", [str(folder), "--engine", "vllm"]) == 1

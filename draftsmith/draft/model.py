@@ -209,6 +209,12 @@ class Eagle3Draft(nn.Module):
         state["t2d"] = state["t2d"].to(torch.bool)
         return state
 
+    @property
+    def full_vocab(self) -> bool:
+        """The draft predicts over the whole target vocabulary: no d2t/t2d in its checkpoint (vLLM
+        refuses a d2t then; SGLang uses the identity without one — draftsmith.export)."""
+        return self.config.draft_vocab_size == self.config.vocab_size
+
     def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """config.json + model.safetensors; each file written atomically.
 
@@ -216,6 +222,8 @@ class Eagle3Draft(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = state_dict if state_dict is not None else self.export_state_dict()
+        if self.full_vocab:
+            state = {k: v for k, v in state.items() if k not in ("d2t", "t2d")}
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         cfg = self.config.to_config_dict()
@@ -234,6 +242,8 @@ class Eagle3Draft(nn.Module):
         model = cls(cfg)
         state = load_file(str(weights_path))
         expected = model.state_dict()
+        if model.full_vocab:   # identity mapping: the buffers keep their initial values
+            state = {**{k: expected[k] for k in ("d2t", "t2d")}, **state}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
