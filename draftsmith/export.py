@@ -238,6 +238,14 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
     return errors, warnings
 
 
+def _config_dtype(config: Any) -> str | None:
+    """`dtype`, else `torch_dtype`, of a config dict or object, as a name (SGLang 0.5.23's order:
+    srt/configs/model_config.py:2291)."""
+    get = config.get if isinstance(config, Mapping) else (lambda k: getattr(config, k, None))
+    value = get("dtype") or get("torch_dtype")
+    return str(value).removeprefix("torch.") if value is not None else None
+
+
 def _int_list(value: Any, n: int) -> bool:
     return (isinstance(value, list) and len(value) == n
             and all(isinstance(i, int) and not isinstance(i, bool) for i in value))
@@ -292,10 +300,19 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
         if not torch.isfinite(t).all():
             errors.append(f"{WEIGHTS_FILE}: {name!r} holds NaN or inf")
     if len(float_dtypes) > 1:
-        warnings.append(f"{WEIGHTS_FILE}: mixed weight dtypes {sorted(float_dtypes)}")
-    declared = config.get("torch_dtype") or config.get("dtype")
-    if len(float_dtypes) == 1 and declared and declared not in float_dtypes:
-        warnings.append(f"config.json declares dtype {declared!r} but the weights are {float_dtypes.pop()}")
+        errors.append(f"{WEIGHTS_FILE}: mixed weight dtypes {sorted(float_dtypes)}; the engines load one dtype")
+    declared = _config_dtype(config)
+    if config.get("dtype") and config.get("torch_dtype") and config["dtype"] != config["torch_dtype"]:
+        errors.append(f"config.json: dtype {config['dtype']!r} != torch_dtype {config['torch_dtype']!r}: SGLang "
+                      "reads dtype first, older transformers torch_dtype")
+    if len(float_dtypes) == 1:
+        stored = next(iter(float_dtypes))
+        if declared and declared != stored:
+            errors.append(f"config.json declares dtype {declared!r} but the weights are {stored}: the engines "
+                          "serve the declared dtype")
+        if stored == "float32":
+            warnings.append(f"{WEIGHTS_FILE}: float32 weights: SGLang's --dtype auto serves a float32 draft config "
+                            "as float16; `draftsmith export` writes the target's dtype unless --dtype float32")
 
     summary: dict[str, Any] = {}
     d2t, t2d = tensors.get("d2t"), tensors.get("t2d")
@@ -379,14 +396,14 @@ class ExportConfig:
     checkpoint: Path
     output: Path
     target_model_path: Path | None = None   # checks against the target; source of embeddings
-    dtype: str | None = None                # cast float weights (bfloat16 | float16 | float32)
+    dtype: str | None = None                # None: the target's dtype (bf16 if it says none); else cast to this
     include_embeddings: bool = False        # ship the target's embed_tokens (vLLM/SGLang share them by default)
     trust_remote_code: bool = False
 
 
 def export_checkpoint(cfg: ExportConfig) -> CheckReport:
     """Normalize a draftsmith checkpoint into the served form, validate it, write it atomically."""
-    from draftsmith.draft.config import Eagle3Config
+    from draftsmith.draft.config import Eagle3Config, target_dtype_name
 
     config, tensors = read_checkpoint(cfg.checkpoint)
     draft_cfg = Eagle3Config.from_config_dict(config, path=Path(cfg.checkpoint) / CONFIG_FILE)
@@ -396,14 +413,12 @@ def export_checkpoint(cfg: ExportConfig) -> CheckReport:
         target = Eagle3Config.from_target_config(target_config)
         draft_cfg.rope_theta, draft_cfg.rope_scaling = target.rope_theta, target.rope_scaling
         draft_cfg.target_num_hidden_layers = target.target_num_hidden_layers
-    if cfg.dtype is not None:
-        if cfg.dtype not in DTYPE_NAMES:
-            raise InputError(f"unknown dtype {cfg.dtype!r} (choose from {sorted(DTYPE_NAMES)})", field="dtype")
-        cast = DTYPE_NAMES[cfg.dtype]
-        tensors = {k: v.to(cast) if v.dtype in FLOAT_DTYPES else v for k, v in tensors.items()}
-    out_dtypes = {FLOAT_DTYPES[v.dtype] for k, v in tensors.items() if v.dtype in FLOAT_DTYPES}
-    if len(out_dtypes) == 1:
-        draft_cfg.dtype = out_dtypes.pop()
+    dtype = cfg.dtype or (target_dtype_name(_config_dtype(target_config)) if target_config is not None
+                          else draft_cfg.target_dtype)
+    if dtype not in DTYPE_NAMES:
+        raise InputError(f"unknown dtype {dtype!r} (choose from {sorted(DTYPE_NAMES)})", field="dtype")
+    tensors = {k: v.to(DTYPE_NAMES[dtype]) if v.dtype in FLOAT_DTYPES else v for k, v in tensors.items()}
+    draft_cfg.dtype = dtype
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     if draft_cfg.draft_vocab_size == draft_cfg.vocab_size:
         d2t = tensors.pop("d2t", None)
@@ -459,7 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder to write the served draft to")
     parser.add_argument("--target-model-path", type=Path, default=None,
                         help="target HF folder: checks vocab/hidden/rope/layer ids against it and copies its rope")
-    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default=None, help="cast float weights")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default=None,
+                        help="dtype of the served weights (default: the target's dtype, from --target-model-path "
+                             "or recorded at training; bfloat16 when the target declares none)")
     parser.add_argument("--include-embeddings", action="store_true",
                         help="also write the target's embed_tokens.weight (engines share the target's by default)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow custom code in the target config")

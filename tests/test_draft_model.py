@@ -3,6 +3,7 @@ checked against an independent reference built from transformers' own rope and p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -84,7 +85,9 @@ def test_rope_settings_round_trip_into_config_json(tmp_path, target):
     # transformers reads the same rope back from the file
     hf = AutoConfig.from_pretrained(tmp_path)
     assert hf.rope_parameters["rope_theta"] == expected_theta
-    assert Eagle3Config.from_config_dict(written) == cfg
+    # the declared dtype is the saved tensors' (fp32 here), everything else round-trips
+    assert written["dtype"] == written["torch_dtype"] == "float32"
+    assert Eagle3Config.from_config_dict(written) == dataclasses.replace(cfg, dtype="float32")
 
 
 def test_config_json_contract(tmp_path):

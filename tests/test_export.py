@@ -244,3 +244,58 @@ def test_full_vocab_with_d2t_is_refused_for_vllm_only(full_vocab_checkpoint, tin
     assert "SGLang: loads" in text and "vLLM: REFUSES" in text
     assert cli.run_command("inspect", [str(folder), "--engine", "sglang"]) == 0
     assert cli.run_command("inspect", [str(folder), "--engine", "vllm"]) == 1
+
+
+# ----- #16.2: the export's dtype is the target's ------------------------------------------------
+
+def _target_saying(tiny_llama_dir: Path, folder: Path, dtype: str | None) -> Path:
+    """A copy of the tiny target's config.json that declares `dtype` (or no dtype at all)."""
+    folder.mkdir()
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):
+        config.pop(key, None)
+    if dtype is not None:
+        config["dtype"] = dtype
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("declared, expected", [("bfloat16", "bfloat16"), ("float16", "float16"),
+                                                (None, "bfloat16"), ("float32", "float32")])
+def test_export_dtype_defaults_to_the_targets(declared, expected, checkpoint, tiny_llama_dir, tmp_path):
+    """SGLang 0.5.23 reads config `dtype` before `torch_dtype` (srt/configs/model_config.py:2291) and
+    under `--dtype auto` serves a float32 config as float16 (:2304-2319): the served draft must
+    declare the target's dtype, and the declaration must be what the tensors are."""
+    target = _target_saying(tiny_llama_dir, tmp_path / "target", declared)
+    out = tmp_path / "served"
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=target))
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == config["torch_dtype"] == expected
+    weights = load_file(str(out / "model.safetensors"))
+    assert {str(t.dtype).removeprefix("torch.") for k, t in weights.items() if t.is_floating_point()} == {expected}
+    assert weights["d2t"].dtype == torch.int64
+
+
+def test_export_without_a_target_uses_the_dtype_recorded_at_training(tiny_llama_dir, tmp_path):
+    from transformers import AutoConfig
+
+    target = AutoConfig.from_pretrained(_target_saying(tiny_llama_dir, tmp_path / "target", "float16"))
+    cfg = Eagle3Config.from_target_config(target, draft_vocab_size=DRAFT_VOCAB, aux_layer_ids=AUX)
+    assert cfg.target_dtype == "float16"
+    ckpt = Eagle3Draft(cfg).save_pretrained(tmp_path / "ckpt")   # fp32 master weights, declared as such
+    assert json.loads((ckpt / "config.json").read_text())["dtype"] == "float32"
+    export_checkpoint(ExportConfig(checkpoint=ckpt, output=tmp_path / "served"))
+    assert json.loads((tmp_path / "served" / "config.json").read_text())["dtype"] == "float16"
+    assert load_file(str(tmp_path / "served" / "model.safetensors"))["fc.weight"].dtype == torch.float16
+
+
+def test_declared_dtype_must_be_the_tensors(exported, tmp_path):
+    import shutil
+
+    folder = tmp_path / "lying"
+    shutil.copytree(exported, folder)
+    _corrupt_weights(lambda t: t.update({k: v.half() for k, v in t.items() if v.is_floating_point()}))(folder)
+    report = check_folder(folder)
+    assert any("declares dtype" in e for e in report.errors), report.errors
+    _corrupt_config(lambda c: c.update(dtype="float16", torch_dtype="bfloat16"))(folder)
+    assert any("torch_dtype" in e for e in check_folder(folder).errors)

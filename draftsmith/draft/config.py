@@ -40,7 +40,8 @@ class Eagle3Config:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    dtype: str = "bfloat16"              # dtype written in config.json (serving dtype)
+    dtype: str = "bfloat16"              # config.json's dtype: always the saved tensors' (save_pretrained sets it)
+    target_dtype: str = "bfloat16"       # the target's dtype: `export`'s default (bf16 when the target says nothing)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, kept on round-trip
 
     def __post_init__(self):
@@ -104,6 +105,7 @@ class Eagle3Config:
             bos_token_id=get("bos_token_id"),
             eos_token_id=get("eos_token_id"),
             pad_token_id=get("pad_token_id"),
+            target_dtype=target_dtype_name(get("dtype") or get("torch_dtype")),
         )
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         for key, value in (overrides or {}).items():
@@ -142,6 +144,10 @@ class Eagle3Config:
             "rope_theta": self.rope_theta,
             "rope_scaling": scaling,
             "rope_parameters": self.rope_parameters,
+            # SGLang 0.5.23 reads a partial rotary only from this top-level key (models/llama.py:199),
+            # vLLM 0.33 from rope_parameters (layers/rotary_embedding/__init__.py:69)
+            **({"partial_rotary_factor": self.rope_parameters["partial_rotary_factor"]}
+               if "partial_rotary_factor" in self.rope_parameters else {}),
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
@@ -156,7 +162,8 @@ class Eagle3Config:
                              "use_input_layernorm_in_first_layer": True,
                              "use_last_layernorm": True},
             "draftsmith": {"aux_layer_ids": list(self.aux_layer_ids),
-                           "target_num_hidden_layers": self.target_num_hidden_layers},
+                           "target_num_hidden_layers": self.target_num_hidden_layers,
+                           "target_dtype": self.target_dtype},
         })
         return d
 
@@ -197,7 +204,8 @@ class Eagle3Config:
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_id=d.get("eos_token_id"),
                 pad_token_id=d.get("pad_token_id"),
-                dtype=str(d.get("torch_dtype") or d.get("dtype") or "bfloat16"),
+                dtype=str(d.get("dtype") or d.get("torch_dtype") or "bfloat16"),
+                target_dtype=target_dtype_name(ours.get("target_dtype")),
             )
         except KeyError as e:
             raise InputError("missing required key", path=path, field=e.args[0]) from None
@@ -206,11 +214,25 @@ class Eagle3Config:
         return cfg
 
 
+SERVED_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def target_dtype_name(value: Any) -> str:
+    """The target config's `dtype` / `torch_dtype` (a torch.dtype or a name) as a served dtype name;
+    bfloat16 when it says nothing or names no float dtype the engines serve."""
+    name = str(value).removeprefix("torch.") if value is not None else ""
+    return name if name in SERVED_DTYPES else "bfloat16"
+
+
 def _rope_of(get) -> tuple[float, dict[str, Any] | None]:
     """(theta, scaling-without-theta) from transformers 5 `rope_parameters` or 4.x keys."""
     params = get("rope_parameters")
-    if isinstance(params, Mapping) and "rope_theta" not in params and params:
-        params = next(iter(params.values())) if all(isinstance(v, Mapping) for v in params.values()) else params
+    if isinstance(params, Mapping) and "rope_theta" not in params and params \
+            and all(isinstance(v, Mapping) for v in params.values()):
+        # one rope per layer type (Gemma 3): the draft attends over the whole context, so it takes the
+        # full-attention layers' rope (transformers 4's `rope_theta`; the sliding layers' was
+        # `rope_local_base_freq`), whatever order the config file lists them in
+        params = params.get("full_attention") or next(iter(params.values()))
     scaling = get("rope_scaling")
     theta = get("rope_theta")
     if isinstance(params, Mapping):

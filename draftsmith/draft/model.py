@@ -16,6 +16,7 @@ eval's speculative decoder keeps a KV cache.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,11 @@ class MidLayer(nn.Module):
 
 
 def rotary_tables(cfg: Eagle3Config, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [B, T, head_dim] for the target's rope (any transformers rope type, incl. scaling)."""
+    """cos/sin [B, T, rotary_dim] for the target's rope (any transformers rope type, incl. scaling).
+
+    rotary_dim = head_dim * rope_parameters["partial_rotary_factor"] (1 when absent): the share of
+    each head both engines rotate, vLLM 0.33 `rotary_embedding/__init__.py:69` from
+    rope_parameters, SGLang 0.5.23 `models/llama.py:199` from the top-level key (Phi-4-mini: 0.75)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers import LlamaConfig
 
@@ -97,7 +102,8 @@ def rotary_tables(cfg: Eagle3Config, position_ids: torch.Tensor, dtype: torch.dt
                             rope_parameters=cfg.rope_parameters)
         rope_type = cfg.rope_parameters["rope_type"]
         if rope_type == "default":
-            inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+            dim = int(cfg.head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0))
+            inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
             scale = 1.0
         else:
             inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](llama, "cpu")
@@ -114,7 +120,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, heads, T, hd]; cos/sin [B, T, hd]."""
+    """x [B, heads, T, hd]; cos/sin [B, T, rotary_dim]: the first rotary_dim dims rotate (neox style)."""
+    dim = cos.shape[-1]
+    if dim < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :dim], cos, sin), x[..., dim:]], dim=-1)
     return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
@@ -224,9 +233,15 @@ class Eagle3Draft(nn.Module):
         state = state_dict if state_dict is not None else self.export_state_dict()
         if self.full_vocab:
             state = {k: v for k, v in state.items() if k not in ("d2t", "t2d")}
+        floats = {str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()}
+        if len(floats) != 1:
+            raise InputError(f"a draft checkpoint holds one float dtype, these weights hold {sorted(floats)}",
+                             path=directory)
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
-        cfg = self.config.to_config_dict()
+        # config.json declares what the tensors are (the trainer's fp32 masters say float32;
+        # `draftsmith export` casts to the target's dtype for serving).
+        cfg = dataclasses.replace(self.config, dtype=floats.pop()).to_config_dict()
         write_json_atomic(directory / CONFIG_NAME, cfg)
         return directory
 
