@@ -82,7 +82,7 @@ def bare_forwards(model_dir: Path, data_dir: Path, cfg: HiddenStatesConfig) -> t
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
-    from draftsmith.target.hf import parse_dtype
+    from draftsmith.target.dtype import parse_dtype
 
     device = pick_device(cfg.device)
     ds = load_from_disk(str(data_dir))

@@ -27,6 +27,7 @@ from typing import Callable
 from draftsmith import resources
 from draftsmith.errors import DraftsmithError
 from draftsmith.fsutil import atomic_path, write_json_atomic, write_text_atomic
+from draftsmith.target.dtype import CHOICES
 
 STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
@@ -57,6 +58,7 @@ class DemoConfig:
     max_new_tokens: int = 128
     hidden_states_batch_size: int = 4
     seed: int = 0
+    dtype: str | None = None  # None: each stage's auto (draftsmith.target.dtype); else passed as --dtype to all
     device: str = "cpu"
 
 
@@ -158,7 +160,7 @@ def stage_regenerate_data(ctx: StageContext) -> dict:
                                    "--output-path", str(out), "--max-new-tokens", str(cfg.regenerate),
                                    "--max-turns", "1", "--batch-size", "32",
                                    "--max-prompt-length", str(cfg.max_length), "--seed", str(cfg.seed),
-                                   "--device", cfg.device])
+                                   "--device", cfg.device, *_dtype_flag(cfg)])
     summary = json.loads((out / "regenerate_summary.json").read_text(encoding="utf-8"))
     return {"train_jsonl": summary["output"], "regenerated": True,
             **{k: summary[k] for k in ("written", "skipped", "replies", "reply_tokens")}}
@@ -184,7 +186,7 @@ def stage_hidden_states(ctx: StageContext) -> dict:
     argv = ["--model-path", _model_path(ctx), "--enable-aux-hidden-states",
             "--data-path", ctx.results["build-dataset"]["dataset"], "--max-length", str(cfg.max_length),
             "--batch-size", str(cfg.hidden_states_batch_size), "--shard-mb", str(FEATURE_SHARD_MB),
-            "--device", cfg.device, "--output-path", str(out)]
+            "--device", cfg.device, "--output-path", str(out), *_dtype_flag(cfg)]
     if cfg.codec:
         argv += ["--codec", cfg.codec]
     if cfg.aux_layers:
@@ -206,7 +208,7 @@ def stage_train(ctx: StageContext) -> dict:
             "--ttt-length", str(cfg.ttt_length), "--num-epochs", str(cfg.epochs),
             "--batch-size", str(cfg.batch_size), "--learning-rate", repr(cfg.learning_rate),
             "--seed", str(cfg.seed), "--save-interval", str(TRAIN_SAVE_INTERVAL), "--report-to", "none",
-            "--device", cfg.device, "--output-dir", str(out)]
+            "--device", cfg.device, "--output-dir", str(out), *_dtype_flag(cfg)]
     if ctx.resuming:
         argv.append("--resume")  # the latest step_N/ checkpoint, or a fresh start when there is none
     call_stage("train", argv)
@@ -229,8 +231,13 @@ def stage_eval(ctx: StageContext) -> dict:
                         "--benchmark", "mtbench", "--num-steps", str(cfg.num_steps),
                         "--max-new-tokens", str(cfg.max_new_tokens), "--limit", str(cfg.eval_questions),
                         "--metrics", ctx.results["train"]["metrics"], "--device", cfg.device,
-                        "--output", str(report)])
+                        "--output", str(report), *_dtype_flag(cfg)])
     return {"report": str(report)}
+
+
+def _dtype_flag(cfg: DemoConfig) -> list[str]:
+    """--dtype for every stage that runs a model; none = each stage's own auto choice (logged)."""
+    return ["--dtype", cfg.dtype] if cfg.dtype else []
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -240,7 +247,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 _DATA = ("num_conversations", "seed")
-_REPLIES = _DATA + ("target_model_path", "regenerate", "max_length")
+_REPLIES = _DATA + ("target_model_path", "regenerate", "max_length", "dtype")
 _TOKENS = _REPLIES + ("chat_template",)
 _FEATURES = _TOKENS + ("codec", "aux_layers", "hidden_states_batch_size")
 _DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "epochs", "batch_size", "learning_rate")
@@ -579,6 +586,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-model-path", default=None,
                         help="HF model folder to train a draft for (default: the packaged SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    parser.add_argument("--dtype", default=None, choices=CHOICES,
+                        help="dtype of every model the stages run (default: each stage's auto, bf16 on CUDA and on "
+                             "CPUs with native bf16, else float32; eval keeps float32 for its lossless check)")
     parser.add_argument("--num-conversations", type=int, default=None,
                         help=f"ShareGPT conversations to train on (default {d.num_conversations})")
     parser.add_argument("--regenerate", type=int, nargs="?", const=d.max_new_tokens, default=None, metavar="TOKENS",

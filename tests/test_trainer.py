@@ -200,3 +200,78 @@ def test_yaml_config_equals_flags(tmp_path):
 
     with pytest.raises(InputError, match="learning-rat"):
         cli.config_from_args(parser.parse_args(["--config", str(yaml_path)]))
+
+
+def test_best_keeps_the_planted_tau_peak_and_early_stops(setup, tmp_path, monkeypatch):
+    """An evaluator with a planted peak (the 3rd evaluation): best/ holds that step's weights, the
+    run stops PATIENCE evaluations later, and best/ resumes the run exactly where it was."""
+    from safetensors.torch import load_file
+
+    planted = [1.10, 1.30, 1.60, 1.40, 1.20, 1.25, 1.00, 1.00, 1.00]
+
+    def planted_evaluate(self):
+        value = planted[self.global_step // 2 - 1]
+        return {"split": "eval", "step": self.global_step, "epoch": self.epoch, "tau": value,
+                "tau_draft_vocab": value + 0.2}
+
+    monkeypatch.setattr(Trainer, "evaluate", planted_evaluate)
+    out = tmp_path / "run"
+    cfg = dict(num_epochs=3, eval_interval=2, save_interval=2, early_stop=3,
+               eval_hidden_states_path=str(setup["eval_store"]))
+    result = train(_offline(setup, out, **cfg))
+    # evaluations at 2, 4, 6 (peak), 8, 10, 12: three without improvement -> stop at 12, not 24
+    assert result["global_step"] == 12 and result["best_step"] == 6 and result["best_value"] == 1.60
+    evals = _metrics(out, "eval")
+    assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12]
+    assert [e["best_step"] for e in evals] == [2, 4, 6, 6, 6, 6]
+    assert len(_metrics(out)) == 12
+    best, peak = load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "step_6" / "model.safetensors"))
+    assert best.keys() == peak.keys() and all(torch.equal(best[k], peak[k]) for k in best)
+    later = load_file(str(out / "final" / "model.safetensors"))
+    assert not torch.equal(later["fc.weight"], best["fc.weight"])
+    assert sorted(p.name for p in (out / "best").iterdir()) == sorted(p.name for p in (out / "final").iterdir())
+    state = json.loads((out / "best" / "training_state" / "trainer.json").read_text())
+    assert state["global_step"] == 6 and state["best"]["step"] == 6
+
+    # best/ resumes: the same steps 7..12 as the run that went on from step 6, and the same stop
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    resumed = train(_offline(setup, again, resume=str(again / "best"), **cfg))
+    assert resumed["global_step"] == 12 and resumed["best_step"] == 6
+    a, b = _metrics(out), _metrics(again)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for ra, rb in zip(a, b):
+        assert ra["loss_k"] == pytest.approx(rb["loss_k"], rel=1e-6, abs=1e-7), ra["step"]
+
+
+def test_held_out_split_with_real_decoding(setup, tmp_path):
+    """--eval-holdout carves the eval split out of the training samples; --eval-decode adds real
+    speculative decoding of held-out prompts, and best/ is chosen by it."""
+    out = tmp_path / "run"
+    result = train(_offline(setup, out, max_steps=4, eval_interval=2, eval_holdout=4, eval_decode=2,
+                            eval_decode_tokens=8))
+    evals = _metrics(out, "eval")
+    assert [e["step"] for e in evals] == [2, 4]
+    for e in evals:
+        assert e["decode_tau"] >= 1.0 and e["best_metric"] == "decode_tau"
+        assert 1.0 <= e["tau"] <= e["tau_draft_vocab"]
+    assert result["best_step"] in (2, 4) and (out / "best" / "config.json").is_file()
+    # the eval rows are exactly the held-out samples' supervised tokens t >= 2 (step-0 targets)
+    from draftsmith.features import FeatureStore
+    from draftsmith.train.evaluate import holdout_split
+
+    store = FeatureStore.open(setup["store"])
+    train_idx, held = holdout_split(len(store), 4, seed=3)
+    assert len(held) == 4 and not set(held) & set(train_idx) and len(train_idx) == 12
+    expect = sum(int(store[i]["loss_mask"][2:].sum()) for i in held)
+    assert all(e["supervised_rows"] == expect for e in evals)
+    # the report's training plot draws both figures for training and held-out rows
+    from draftsmith.eval.report import _curves, read_metrics
+
+    curves = _curves(read_metrics(out / "metrics.jsonl"), "tau")
+    assert {"tau", "tau_draft_vocab", "eval/tau", "eval/tau_draft_vocab", "eval/decode_tau"} <= set(curves)
+    assert curves["eval/decode_tau"][0] == [2, 4]
+    with pytest.raises(InputError, match="held-out"):
+        Trainer(_offline(setup, tmp_path / "x", early_stop=2))

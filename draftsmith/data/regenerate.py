@@ -36,6 +36,7 @@ from draftsmith.data.conversation import normalize_row
 from draftsmith.data.formats import iter_records
 from draftsmith.errors import DraftsmithError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
+from draftsmith.target.dtype import CHOICES, DTYPE_HELP, check_dtype_name, resolve_dtype
 from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
 
 OUTPUT = "regenerated.jsonl"
@@ -43,7 +44,6 @@ SKIPPED = "regenerate_skipped.jsonl"
 SUMMARY = "regenerate_summary.json"
 SETTINGS = "regenerate_settings.json"
 COUNTS = ("replies", "reply_tokens", "replies_cut_at_max_new_tokens")   # per batch, kept in its end marker
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class RegenerateConfig:
     temperature: float = 0.0            # 0 = greedy, as speculative decoding is usually served and evaluated
     top_p: float = 1.0
     seed: int = 0
-    dtype: str = "auto"                 # bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"                 # draftsmith.target.dtype: bf16 on CUDA / native-bf16 CPUs, else float32
     device: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
@@ -72,8 +72,7 @@ class RegenerateConfig:
             raise DraftsmithError(f"--max-turns must be >= 1, got {self.max_turns}")
         if self.temperature < 0:
             raise DraftsmithError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.dtype not in DTYPES:
-            raise DraftsmithError(f"unknown --dtype {self.dtype!r}: {', '.join(DTYPES)}")
+        check_dtype_name(self.dtype)
 
     def settings(self) -> dict:
         """What decides the output: a rerun with other values must not continue an old partial file."""
@@ -133,10 +132,10 @@ class Generator:
     def __init__(self, cfg: RegenerateConfig, device: torch.device):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+        dtype = resolve_dtype(cfg.dtype, device, "regenerate-data")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
-            self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, dtype),
+            self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype,
                                                               trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError, AttributeError) as e:
             raise DraftsmithError(f"cannot load target model {cfg.model_path}: {e}") from None
@@ -355,7 +354,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--dtype", default=d.dtype, choices=CHOICES, help=DTYPE_HELP)
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -23,9 +23,8 @@ from draftsmith.errors import DraftsmithError
 from draftsmith.eval import benchmarks as bench
 from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
 from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
+from draftsmith.target.dtype import CHOICES, choose_dtype, resolve_dtype
 from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -41,7 +40,7 @@ class EvalConfig:
     output: Path = Path("report.json")
     metrics: Path | None = None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"     # draftsmith.target.dtype with exact=True: float32 unless --dtype says otherwise
     backend: str = "hf"
     server_url: str | None = None
     trust_remote_code: bool = False
@@ -53,13 +52,12 @@ def load_models(cfg: EvalConfig):
     from draftsmith.draft.model import Eagle3Draft
     from draftsmith.export import check_folder
 
-    if cfg.dtype not in DTYPES:
-        raise DraftsmithError(f"unknown --dtype {cfg.dtype!r}: choose one of {sorted(DTYPES)}")
+    dtype = resolve_dtype(cfg.dtype, cfg.device, "eval", what="target and draft", exact=True)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DraftsmithError("--device cuda asked for, but CUDA is not available")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(cfg.target_model_path), dtype=DTYPES[cfg.dtype],
+        model = AutoModelForCausalLM.from_pretrained(str(cfg.target_model_path), dtype=dtype,
                                                      trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise DraftsmithError(f"cannot load target model {cfg.target_model_path}: {e}") from None
@@ -70,7 +68,7 @@ def load_models(cfg: EvalConfig):
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     report.raise_if_invalid()
-    draft = Eagle3Draft.from_pretrained(cfg.draft_model_path, dtype=DTYPES[cfg.dtype])
+    draft = Eagle3Draft.from_pretrained(cfg.draft_model_path, dtype=dtype)
     draft = draft.to(cfg.device).eval()
     draft.load_embeddings(model.get_input_embeddings().weight)
     return tokenizer, model, draft
@@ -116,7 +114,8 @@ def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return {"target_model_path": str(cfg.target_model_path), "draft_model_path": str(cfg.draft_model_path),
             "benchmarks": cfg.benchmarks, "num_steps": cfg.num_steps, "topk": cfg.topk,
             "num_draft_tokens": cfg.num_draft_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
-            "device": cfg.device, "dtype": cfg.dtype, "backend": cfg.backend,
+            "device": cfg.device, "dtype": choose_dtype(cfg.dtype, cfg.device, exact=True).name,
+            "backend": cfg.backend,
             "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -156,8 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report JSON; .md and .png are written beside it")
     parser.add_argument("--metrics", type=Path, default=None, help="training metrics.jsonl to plot")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="float32 keeps the lossless check exact; bf16 batched-vs-single forwards can differ")
+    parser.add_argument("--dtype", choices=CHOICES, default="auto",
+                        help="auto = float32, which keeps the lossless check exact (bf16 rounding differs between "
+                             "batched and one-token forwards); bfloat16 | float16 for serving-dtype speed")
     parser.add_argument("--backend", choices=["hf", "sglang"], default="hf")
     parser.add_argument("--server-url", default=None, help="running SGLang server for --backend sglang")
     parser.add_argument("--trust-remote-code", action="store_true")

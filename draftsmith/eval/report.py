@@ -132,7 +132,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _curves(rows: list[dict[str, Any]], word: str) -> dict[str, tuple[list[float], list[float]]]:
-    """Series whose key contains `word`; a list value (per-position `acc_k`) gives one series per entry."""
+    """Series whose key contains `word`; a list value (per-position `acc_k`) gives one series per entry.
+    Rows of a split other than training (held-out evaluations) get their own series, `eval/tau`."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
 
     def add(key: str, step: float, value: Any) -> None:
@@ -142,9 +143,11 @@ def _curves(rows: list[dict[str, Any]], word: str) -> dict[str, tuple[list[float
             ys.append(value)
 
     for row in rows:
+        prefix = f"{row['split']}/" if isinstance(row.get("split"), str) and row["split"] != "train" else ""
         for key, value in row.items():
             if word not in key:
                 continue
+            key = prefix + key
             if isinstance(value, list):
                 for i, v in enumerate(value[:8]):
                     add(f"{key}[{i}]", row["step"], v)

@@ -34,6 +34,7 @@ from draftsmith.features.codecs import CODECS, DEFAULT_CODEC, get_codec
 from draftsmith.features.store import (FORMAT, MANIFEST, PLAN, SHARDS, VERSION, sample_checksum, shard_name,
                                        write_shard)
 from draftsmith.fsutil import write_json_atomic
+from draftsmith.target.dtype import DTYPE_HELP
 from draftsmith.train.ttt import full_vocab_argmax
 
 VOCAB_FILE = "vocab.safetensors"
@@ -51,7 +52,7 @@ class HiddenStatesConfig:
     max_length: int = 2048
     num_samples: int | None = None           # None -> all rows
     aux_layers: list[int] | None = None      # None -> [2, L//2, L-3]
-    dtype: str = "bfloat16"
+    dtype: str = "auto"                      # draftsmith.target.dtype: bf16 where native, else float32
     codec: str = DEFAULT_CODEC
     target_signal: str = "hidden"            # "hidden" | "topk:K"
     draft_vocab_size: int = 32000
@@ -418,7 +419,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     lengths = row_lengths(ds, data_dir)
 
     target = load_target(cfg.model_path, dtype=cfg.dtype, device=info.device, aux_layers=cfg.aux_layers,
-                         tp_size=tp, trust_remote_code=cfg.trust_remote_code)
+                         tp_size=tp, trust_remote_code=cfg.trust_remote_code, stage="hidden-states")
     vocab_digest = None
     if topk is not None:
         if draft_to_target is None:
@@ -581,7 +582,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output-path", default=None, help="store folder (default: cache/hidden_states/<model>-<data>)")
     p.add_argument("--aux-layers", type=_aux_layers, default=None,
                    help="HF output_hidden_states indices, e.g. 2,15,27 (default: 2,L//2,L-3)")
-    p.add_argument("--dtype", default="bfloat16", help="target dtype: bfloat16 | float16 | float32")
+    p.add_argument("--dtype", default="auto", help="target dtype: " + DTYPE_HELP)
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=sorted(CODECS),
                    help=f"feature codec (default {DEFAULT_CODEC}: 4.5 bits/value)")
     p.add_argument("--target-signal", default="hidden",

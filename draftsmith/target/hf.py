@@ -17,18 +17,7 @@ import torch
 from torch import nn
 
 from draftsmith.errors import DraftsmithError
-
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise DraftsmithError(f"unknown dtype {name!r}: choose one of {sorted(DTYPES)}") from None
+from draftsmith.target.dtype import resolve_dtype
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -162,9 +151,13 @@ class HFTarget:
         self._hooks.clear()
 
 
-def load_target(model_path: str, dtype: torch.dtype | str = torch.bfloat16, device: str | torch.device = "cpu",
-                aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False) -> HFTarget:
+def load_target(model_path: str, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu",
+                aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False,
+                stage: str = "target") -> HFTarget:
     """Load an HF causal LM (local folder or hub name) as a frozen feature backend.
+
+    `dtype` a name or 'auto' is resolved by draftsmith.target.dtype (bf16 on CUDA and on CPUs
+    with native bf16, else float32) and logged under `stage`; a torch.dtype is used as given.
 
     `tp_size > 1` shards the model with transformers' tensor parallelism; transformers
     builds that DeviceMesh over the whole torchrun world, so tp_size must equal the world
@@ -172,7 +165,9 @@ def load_target(model_path: str, dtype: torch.dtype | str = torch.bfloat16, devi
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = dict(dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
+    if not isinstance(dtype, torch.dtype):
+        dtype = resolve_dtype(dtype, device, stage)
+    kwargs: dict = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if tp_size > 1:
         import torch.distributed as dist
         from transformers.distributed import DistributedConfig

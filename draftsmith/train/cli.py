@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from draftsmith.errors import InputError
+from draftsmith.target.dtype import DTYPE_HELP
 from draftsmith.train.trainer import TrainConfig, train
 
 _DEFAULTS = TrainConfig()
@@ -49,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ttt-length", type=int)
     m.add_argument("--loss-decay", type=float, help="weight of step k is decay**k")
     m.add_argument("--autocast", choices=["auto", "bf16", "off"],
-                   help="bf16 autocast of the draft's matmuls: auto = on CUDA only; bf16 also helps CPUs with "
-                        "AVX512-BF16/AMX (weights and optimizer state stay fp32)")
+                   help="bf16 autocast of the draft's matmuls: auto = on CUDA and on CPUs with native bf16 "
+                        "(AVX512-BF16/AMX), off elsewhere (weights and optimizer state stay fp32)")
     m.add_argument("--attention", choices=["auto", "blockwise", "sdpa", "flex"],
                    help="TTT attention: flex (CUDA kernel, block-sparse), blockwise (causal + diagonal "
                         "scores), sdpa (explicit mask, reference); auto = flex on CUDA, else blockwise")
@@ -68,14 +69,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--output-dir")
     r.add_argument("--save-interval", type=int)
-    r.add_argument("--eval-interval", type=int)
+    r.add_argument("--eval-interval", type=int,
+                   help="evaluate on the held-out split every N steps (and keep best/ by it)")
+    r.add_argument("--eval-holdout", type=int,
+                   help="hold out N training samples as the eval split (instead of --eval-*-path)")
+    r.add_argument("--eval-decode", type=int,
+                   help="also decode N held-out prompts with real speculative decoding; best/ is then chosen "
+                        "by the decoded tau")
+    r.add_argument("--eval-decode-tokens", type=int, help="new tokens per decoded prompt")
+    r.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE evaluations without a better held-out tau")
     r.add_argument("--log-interval", type=int)
     r.add_argument("--resume", nargs="?", const="latest",
                    help="continue from the latest checkpoint in --output-dir (or the given folder)")
     r.add_argument("--tp-size", type=int, help="online: tensor-parallel size of the target")
     r.add_argument("--parallel", choices=["ddp", "fsdp"],
                    help="how the draft is replicated under torchrun (fsdp = FSDP2 fully_shard)")
-    r.add_argument("--dtype", help="target dtype (bfloat16, float32, ...)")
+    r.add_argument("--dtype", help="target (online) / target embeddings dtype: " + DTYPE_HELP)
     r.add_argument("--device", help="default: this rank's CUDA device, else cpu")
     r.add_argument("--report-to", choices=["none", "tensorboard", "wandb"])
     r.add_argument("--trust-remote-code", action="store_true",

@@ -75,6 +75,11 @@ class OfflineSource:
         return to_device(pad_batch(items), device)
 
 
+    def prompt_ids(self, i: int) -> list[int]:
+        raw = self.store.raw(i)
+        return first_prompt(raw["input_ids"].tolist(), raw["loss_mask"].tolist())
+
+
 class OnlineSource:
     """Batches from tokenized rows, with the target run on each batch."""
 
@@ -93,6 +98,10 @@ class OnlineSource:
     def lengths(self) -> list[int]:
         return [min(len(ids), self.max_length or len(ids)) for ids in self.dataset["input_ids"]]
 
+    def prompt_ids(self, i: int) -> list[int]:
+        row = self.dataset[i]
+        return first_prompt(row["input_ids"], row["loss_mask"])
+
     def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         rows = self.dataset.select(indices)
         items = []
@@ -106,6 +115,12 @@ class OnlineSource:
         batch["aux_hidden_states"] = feats["aux_hidden_states"].to(device)
         batch["hidden_state"] = feats["hidden_state"].to(device)
         return batch
+
+
+def first_prompt(input_ids: list[int], loss_mask: list[int]) -> list[int]:
+    """The tokens before a row's first supervised token: the prompt of its first reply."""
+    first = next((i for i, m in enumerate(loss_mask) if m), len(input_ids))
+    return list(input_ids[:first])
 
 
 # ----- data and weights behind the sources -------------------------------------------------------

@@ -34,6 +34,8 @@ from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic, write_text_atomic
 from draftsmith.logs import get_logger
+from draftsmith.target.dtype import NAMES as DTYPE_NAMES, resolve_autocast, resolve_dtype
+from draftsmith.train.evaluate import BestTracker, SubsetSource, decode_tau, holdout_split, selection_figure
 from draftsmith.train.ttt import summarize, ttt_forward
 
 STATE_DIR = "training_state"
@@ -79,13 +81,17 @@ class TrainConfig:
     output_dir: str = "outputs/eagle3"
     save_interval: int = 1000
     eval_interval: int = 1000
+    eval_holdout: int = 0                         # hold out this many training samples as the eval split
+    eval_decode: int = 0                          # also decode this many held-out prompts (real spec decoding)
+    eval_decode_tokens: int = 64                  # new tokens per decoded prompt
+    early_stop: int | None = None                 # stop after this many evaluations without a better best/
     log_interval: int = 1
     seed: int = 0
     tp_size: int = 1
-    dtype: str = "bfloat16"                       # target dtype (online) / embeddings dtype
+    dtype: str = "auto"                           # target (online) / embeddings dtype; auto: target.dtype policy
     device: str | None = None                     # None: cuda:<local rank> if available, else cpu
     parallel: str = "ddp"                         # ddp | fsdp
-    autocast: str = "auto"                        # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    autocast: str = "auto"                        # auto (bf16 on CUDA and native-bf16 CPUs) | bf16 | off
     attention: str = "auto"                       # auto (flex on CUDA, else blockwise) | blockwise | sdpa | flex
     report_to: str = "none"                       # none | tensorboard | wandb
     resume: str | None = None                     # "latest" or a checkpoint folder
@@ -104,10 +110,23 @@ class TrainConfig:
                      "eval_interval", "log_interval", "tp_size", "max_length"):
             if getattr(self, name) < 1:
                 raise InputError("must be >= 1", field="--" + name.replace("_", "-"))
+        for name in ("eval_holdout", "eval_decode"):
+            if getattr(self, name) < 0:
+                raise InputError("must be >= 0", field="--" + name.replace("_", "-"))
+        if self.eval_decode_tokens < 1:
+            raise InputError("must be >= 1", field="--eval-decode-tokens")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise InputError("must be >= 1 (evaluations without improvement)", field="--early-stop")
+        if self.eval_holdout and (self.eval_data_path or self.eval_hidden_states_path):
+            raise InputError("give either an eval split (--eval-data-path / --eval-hidden-states-path) or "
+                             "--eval-holdout, not both", field="--eval-holdout")
         if self.parallel not in ("ddp", "fsdp"):
             raise InputError("must be ddp or fsdp", field="--parallel")
         if self.autocast not in ("auto", "bf16", "off"):
             raise InputError(f"--autocast must be auto, bf16 or off, got {self.autocast!r}", field="--autocast")
+        if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
+            raise InputError(f"unknown dtype {self.dtype!r} (auto or one of {', '.join(DTYPE_NAMES)})",
+                             field="--dtype")
         if self.attention not in ("auto", "blockwise", "sdpa", "flex"):
             raise InputError("must be auto, blockwise, sdpa or flex", field="--attention")
         if self.report_to not in ("none", "tensorboard", "wandb"):
@@ -232,11 +251,14 @@ class Trainer:
         self.dp_rank, self.dp_size = dist.dp_coords(self.info, cfg.tp_size)
         self.output_dir = Path(cfg.output_dir)
         self.target = None
+        self.autocast_dtype = resolve_autocast(cfg.autocast, self.device)
         self._setup_data_and_draft()
         self._wrap_and_optimize()
         self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.writer = None
+        self.best = BestTracker()
+        self._decoder = None
 
     # .. setup ..
     def _setup_data_and_draft(self) -> None:
@@ -244,14 +266,15 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         from draftsmith.train import sources
 
-        dtype = _dtype(cfg.dtype)
+        dtype = resolve_dtype(cfg.dtype, self.device, "train",
+                              what="target" if cfg.mode == "online" else "target embeddings")
         data_dir = None
         if cfg.mode == "online":
             from draftsmith.target.hf import load_target
 
             self.target = load_target(cfg.target_model_path, dtype=dtype, device=self.device,
                                       aux_layers=cfg.aux_layers, tp_size=cfg.tp_size,
-                                      trust_remote_code=cfg.trust_remote_code)
+                                      trust_remote_code=cfg.trust_remote_code, stage="train")
             train_ds, data_dir = self._tokenized(cfg.train_data_path, "--train-data-path")
             self.train_source = sources.OnlineSource(train_ds, self.target, cfg.max_length)
             self.eval_source = None
@@ -261,6 +284,7 @@ class Trainer:
             target_config, aux_layers = self.target.config, self.target.aux_layers
             embed, lm_head = self.target.embed_tokens.weight, self.target.lm_head_weight
             vocab_size = self.target.vocab_size
+            model_path = cfg.target_model_path
         else:
             from transformers import AutoConfig
 
@@ -326,6 +350,21 @@ class Trainer:
                 .to(self.device).detach()
             if vd < vocab_size:   # the full-vocab argmax servers verify against (train/ttt.py)
                 self.full_head = lm_head.to(self.device).detach()
+        self.model_path, self.dtype = model_path, dtype
+        if cfg.eval_holdout:
+            # the draft vocab above counted every row; the held-out rows only leave the training order
+            if cfg.eval_holdout >= len(self.train_source):
+                raise InputError(f"cannot hold out {cfg.eval_holdout} of {len(self.train_source)} samples",
+                                 field="--eval-holdout")
+            train_idx, eval_idx = holdout_split(len(self.train_source), cfg.eval_holdout, cfg.seed)
+            self.train_source, self.eval_source = (SubsetSource(self.train_source, train_idx),
+                                                   SubsetSource(self.train_source, eval_idx))
+        if self.eval_source is None and (cfg.eval_decode or cfg.early_stop):
+            raise InputError("needs a held-out split: --eval-data-path / --eval-hidden-states-path or "
+                             "--eval-holdout N", field="--eval-decode" if cfg.eval_decode else "--early-stop")
+        if cfg.eval_decode and cfg.parallel == "fsdp" and self.info.world_size > 1:
+            raise InputError("real decoding during training needs the whole draft on one rank: use --parallel ddp",
+                             field="--eval-decode")
         for name, source in (("train", self.train_source), ("eval", self.eval_source)):
             if source is not None and not source.has_target_argmax and vd < vocab_size:
                 log.warning("the %s top-K store predates stored full-vocab argmaxes: its served tau is unknown "
@@ -418,6 +457,7 @@ class Trainer:
             write_json_atomic(state_dir / "trainer.json", {
                 "global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "scheduler": self.scheduler.state_dict(), "rng": rng_meta, "world_size": self.info.world_size,
+                "best": self.best.to_dict(),
                 "config": {k: v for k, v in asdict(self.cfg).items() if k != "extra"}})
             if final.exists():
                 old = self.output_dir / f".{name}.old"
@@ -448,6 +488,7 @@ class Trainer:
         set_optimizer_state_dict(self.module, self.optimizer, optim, options=opts)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.global_step, self.epoch, self.batch_in_epoch = meta["global_step"], meta["epoch"], meta["batch_in_epoch"]
+        self.best = BestTracker.from_dict(meta.get("best"))
         _rng_restore(load_file(str(state_dir / "rng.safetensors")), meta["rng"])
 
     # .. metrics ..
@@ -492,13 +533,12 @@ class Trainer:
                 raise DraftsmithError("--report-to wandb needs the wandb package") from e
             run = wandb.init(project="draftsmith", config=asdict(self.cfg), dir=str(self.output_dir))
             self.writer = lambda row: run.log({f"{row.get('split', 'train')}/{k}": v for k, v in row.items()
-                                               if k not in ("split",)}, step=row["step"])
+                                               if k != "split" and v is not None}, step=row["step"])
 
     def _autocast(self):
         """bf16 autocast for the draft's matmuls (weights and optimizer state stay fp32)."""
-        mode = self.cfg.autocast
-        if mode == "bf16" or (mode == "auto" and self.device.type == "cuda"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     @torch.no_grad()
@@ -525,8 +565,42 @@ class Trainer:
         sums = self._reduce(sums)
         self.model.train()
         s = summarize_sums(sums, length, served)
-        return {"split": "eval", "step": self.global_step, "epoch": self.epoch, **s,
-                "supervised_rows": int(sums[3 * length])}
+        row = {"split": "eval", "step": self.global_step, "epoch": self.epoch, **s,
+               "supervised_rows": int(sums[3 * length])}
+        if self.cfg.eval_decode:
+            row["decode_tau"] = self._decode_tau()
+        return row
+
+    def _decode_tau(self) -> float | None:
+        """Real speculative decoding of the first reply of --eval-decode held-out rows (rank 0)."""
+        value = None
+        if self.info.is_main:
+            if self._decoder is None:
+                from transformers import AutoTokenizer
+
+                from draftsmith.target.prompting import eos_ids
+
+                if self.target is not None:
+                    model = self.target.model
+                else:
+                    from draftsmith.target.hf import load_target
+
+                    model = load_target(self.model_path, dtype=self.dtype, device=self.device,
+                                        trust_remote_code=self.cfg.trust_remote_code).model
+                tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=self.cfg.trust_remote_code)
+                self._decoder = (model, eos_ids(tokenizer, model))
+            model, eos = self._decoder
+            n = min(self.cfg.eval_decode, len(self.eval_source))
+            prompts = [p for p in (self.eval_source.prompt_ids(i) for i in range(n)) if p]
+            value = decode_tau(model, self.draft, prompts, self.cfg.ttt_length, self.cfg.eval_decode_tokens, eos)
+        return dist.broadcast_object(value)
+
+    def _judge(self, row: dict) -> None:
+        """Keep best/ by the held-out figure (evaluate.selection_figure) and count evaluations since."""
+        metric, value = selection_figure(row)
+        if self.best.update(metric, value, self.global_step):
+            self.save("best")
+        row.update(best_metric=metric, best_value=self.best.value, best_step=self.best.step)
 
     # .. loop ..
     def train(self) -> dict:
@@ -606,20 +680,30 @@ class Trainer:
                 if self.global_step % cfg.eval_interval == 0:
                     last_eval = self.evaluate()
                     if last_eval:
+                        self._judge(last_eval)
                         self._log(last_eval)
                 if self.global_step % cfg.save_interval == 0:
                     self.save(f"step_{self.global_step}")
+                if self.best.exhausted(cfg.early_stop):
+                    log.info("early stop at step %d: no better held-out %s for %d evaluations (best %.4f at "
+                             "step %d)", self.global_step, self.best.metric, self.best.evals_since,
+                             self.best.value, self.best.step)
+                    stop_at = self.global_step
+                    break
             if self.batch_in_epoch >= usable:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         if last_eval is None or last_eval["step"] != self.global_step:
             last_eval = self.evaluate()
             if last_eval:
+                self._judge(last_eval)
                 self._log(last_eval)
         final = self.save("final")
         if bar is not None:
             bar.close()
-        return {"final": str(final), "global_step": self.global_step, "eval": last_eval}
+        return {"final": str(final), "global_step": self.global_step, "eval": last_eval,
+                "best": str(self.output_dir / "best") if self.best.step is not None else None,
+                "best_step": self.best.step, "best_value": self.best.value}
 
     def _truncate_metrics(self) -> None:
         """Drop rows past the resumed step so a resumed run's log reads as one run."""
@@ -648,14 +732,6 @@ def vocab_from_store(store, vocab_size: int, draft_vocab_size: int) -> tuple[tor
     t2d = torch.zeros(vocab_size, dtype=torch.bool)
     t2d[chosen] = True
     return chosen - torch.arange(draft_vocab_size), t2d
-
-
-def _dtype(name: str) -> torch.dtype:
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-             "float32": torch.float32, "fp32": torch.float32}
-    if name not in table:
-        raise InputError(f"unknown dtype (one of {', '.join(table)})", field="--dtype")
-    return table[name]
 
 
 def train(cfg: TrainConfig) -> dict:
