@@ -23,3 +23,10 @@ class InputError(DraftsmithError):
             where.append(f"field {field!r}")
         self.path, self.line, self.index, self.field = path, line, index, field
         super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+
+
+class StrictRowError(DraftsmithError):
+    """--strict: the first row a data stage would skip ends the run (the CLI exits 2)."""
+
+    def __init__(self, description: str):
+        super().__init__(f"--strict: {description}")

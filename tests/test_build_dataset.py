@@ -95,8 +95,10 @@ def test_preformatted_rows(tmp_path):
     result = build_dataset(_cfg(write_jsonl(tmp_path / "p.jsonl", rows), chat_template="qwen", is_preformatted=True))
     assert result.report["rows_out"] == 1
     reasons = result.report["skipped_by_reason"]
-    assert reasons == {"conversation row with --is-preformatted": 1,
-                       "no qwen assistant turn in text (its markers are those of llama3, llama3.1)": 1}
+    assert reasons == {"conversation row with --is-preformatted": 1, "chat template cannot render the row": 1}
+    skipped = [json.loads(x) for x in (result.path / "skipped.jsonl").read_text().splitlines()]
+    assert skipped[0]["id"] == "foreign"
+    assert skipped[0]["detail"] == "no qwen assistant turn in text (its markers are those of llama3, llama3.1)"
     row = load_from_disk(str(result.path))[0]
     tok = real_tokenizer("smollm2")
     masked = [i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]
@@ -217,3 +219,4 @@ def test_real_llama3_and_qwen3_tokenizers(tmp_path, tok_name, expected):
     tok = real_tokenizer(tok_name)
     assert row["input_ids"] == list(tok.apply_chat_template(conv, tokenize=True, return_dict=False))
     assert tok.decode([i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]) == expected
+

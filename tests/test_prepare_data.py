@@ -17,6 +17,7 @@ from draftsmith.cli import run_command
 from draftsmith.data.conversation import check_row
 from draftsmith.data.formats import iter_records
 from draftsmith.data.prepare import PrepareConfig, eval_count, prepare_data
+from draftsmith.data.rowerrors import describe
 from draftsmith.data.validate import validate_files
 from draftsmith.errors import DraftsmithError
 
@@ -292,10 +293,12 @@ def test_every_malformed_row_is_skipped_with_its_line_and_reason(tmp_path, capsy
     assert read_jsonl(out / "custom_train.jsonl") == [GOOD, {"id": "pre", "text": "t"}]
     assert "skipped" in capsys.readouterr().out
 
-    # --strict: same report written, exit 1
-    assert run_command("prepare-data", argv + ["--strict", "--overwrite"]) == 1
-    assert read_jsonl(out / "custom_skipped.jsonl") == skipped
-    assert "--strict" in capsys.readouterr().err
+    # --strict: the first bad row ends the run with its skipped-file description, exit 2, output untouched
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    assert run_command("prepare-data", argv + ["--strict", "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --strict: {describe(skipped[0])}"
+    assert describe(skipped[0]).startswith(f"{path}, line 2")
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
 
 
 def test_normalization_policy(tmp_path):
@@ -432,22 +435,29 @@ def test_bad_settings_are_errors(tmp_path):
         prepare(tmp_path, "custom", [tmp_path / "missing.jsonl"])
 
 
-def test_a_failing_worker_stops_the_run_with_its_error(tmp_path, monkeypatch):
+def test_a_failing_converter_costs_its_rows_not_the_run(tmp_path, monkeypatch):
     from draftsmith.data import presets
 
     def broken(raw, ordinal):
-        raise ValueError("converter bug")
+        if ordinal % 2:
+            raise ValueError("converter bug")
+        return raw
 
     monkeypatch.setitem(presets.PRESETS, "broken", presets.Preset("broken", None, "train", broken))
-    path = write_jsonl(tmp_path / "a.jsonl", [GOOD] * 600)
-    old = tmp_path / "out" / "broken" / "broken_train.jsonl"
-    old.parent.mkdir(parents=True)
-    old.write_text("previous run\n", encoding="utf-8")
+    path = write_jsonl(tmp_path / "a.jsonl", [{**GOOD, "id": str(i)} for i in range(600)])
     for num_proc in (1, 2):
-        with pytest.raises((ValueError, RuntimeError), match="converter bug"):
-            prepare(tmp_path, "broken", [path], num_proc=num_proc, overwrite=True)
-        # the previous output is untouched and no staging folder is left behind
-        assert old.read_text(encoding="utf-8") == "previous run\n"
+        result = prepare(tmp_path, "broken", [path], num_proc=num_proc, overwrite=True)
+        assert (result.summary["written"], result.summary["skipped_by_reason"]) == (300, {"internal error": 300})
+        skipped = read_jsonl(result.skipped_path)
+        assert [s["line"] for s in skipped] == list(range(2, 601, 2))
+        assert (skipped[0]["reason"], skipped[0]["detail"], skipped[0]["id"]) == ("internal error", "ValueError: converter bug", "1")
+    # --strict: the first such row stops the run; the previous output is untouched, no staging folder is left
+    old = (tmp_path / "out" / "broken" / "broken_train.jsonl").read_bytes()
+    for num_proc in (1, 2):
+        with pytest.raises(DraftsmithError, match=r"--strict: .*a.jsonl, line 2, id '1': internal error "
+                                                  r"\(ValueError: converter bug\)"):
+            prepare(tmp_path, "broken", [path], num_proc=num_proc, overwrite=True, strict=True)
+        assert (tmp_path / "out" / "broken" / "broken_train.jsonl").read_bytes() == old
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["broken"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from draftsmith.cli import run_command
 from draftsmith.data.conversation import check_row, find_problem
-from draftsmith.data.formats import INVALID_JSON, TRUNCATED_JSON, iter_records
+from draftsmith.data.formats import INVALID_JSON, INVALID_UNICODE, TRUNCATED_JSON, iter_records
 from draftsmith.data.validate import validate_files
 from draftsmith.errors import InputError
 
@@ -142,7 +142,7 @@ def test_jsonl_reader_reports_bad_lines_and_keeps_the_rest(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{bad\n{"b": "\xff"}\n[1]\n{"c": "\xc3\xa9"}')
     records = list(iter_records(path))
     assert [(r.line, r.value, r.error) for r in records] == [
-        (1, {"a": 1}, None), (3, None, INVALID_JSON), (4, None, INVALID_JSON), (5, [1], None), (6, {"c": "é"}, None)]
+        (1, {"a": 1}, None), (3, None, INVALID_JSON), (4, None, INVALID_UNICODE), (5, [1], None), (6, {"c": "é"}, None)]
     assert "not UTF-8" in records[2].detail
 
 

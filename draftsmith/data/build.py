@@ -2,8 +2,10 @@
 
 Rows are rendered with a chat template (templates.py), tokenized once with offsets and
 masked (loss_mask.py), truncated to `max_length`, and written as a `datasets` folder.
-Rows that cannot be used are skipped with a stable reason, counted in the report and
-listed with their position in `skipped.jsonl`; nothing is turned into an all-zero mask.
+Rows that cannot be used are skipped with a stable reason (rowerrors.TABLE), counted in
+the report and listed with their position in `skipped.jsonl`; nothing is turned into an
+all-zero mask, and no row can stop the run (a failure of the template or the tokenizer
+on one row skips that row).
 
 The output is cached under a key of everything that changes it (data file content,
 tokenizer files, template, max length and every flag; not `num_proc`, which never
@@ -31,9 +33,11 @@ from typing import Iterator
 import numpy as np
 
 from draftsmith import resources
+from draftsmith.data import rowerrors
 from draftsmith.data.conversation import check_row
-from draftsmith.data.formats import iter_records
+from draftsmith.data.formats import DEFAULT_LIMITS, RowLimits, add_limit_arguments, iter_records, limits_from_args
 from draftsmith.data.loss_mask import backend_tokenizer, tokenize_with_mask
+from draftsmith.data.rowerrors import NO_REPLY, NO_SUPERVISED
 from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_template, template_names
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic
@@ -42,8 +46,6 @@ FORMAT_VERSION = 1
 MANIFEST = "draftsmith_build.json"
 SKIPPED = "skipped.jsonl"
 CHUNK_ROWS = 256
-NO_SUPERVISED = "no supervised token within max_length"
-NO_REPLY = "no assistant reply in rendered text"
 _TOKENIZER_SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
 
 
@@ -64,6 +66,7 @@ class BuildConfig:
     output: str | None = None
     trust_remote_code: bool = False
     overwrite: bool = False
+    limits: RowLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -128,6 +131,7 @@ def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
         "train_only_last_turn": cfg.train_only_last_turn,
         "system_prompt": cfg.system_prompt,
         "use_template_system_prompt": cfg.use_template_system_prompt,
+        "limits": [cfg.limits.max_row_bytes, cfg.limits.max_row_depth],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -179,7 +183,10 @@ class _Worker:
                                                     use_default_system=cfg.use_template_system_prompt,
                                                     tools=row.get("tools"))
             except TemplateError as e:
-                chunk.skipped.append({**where, "reason": str(e)})
+                chunk.skipped.append({**where, "reason": rowerrors.TEMPLATE_FAILED, "detail": str(e)})
+                continue
+            except Exception as e:  # the safety net: one row never stops the run (tests assert it never fires)
+                chunk.skipped.append({**where, **rowerrors.internal_error(e)})
                 continue
             row_spans = rendered.spans[-1:] if cfg.train_only_last_turn else rendered.spans
             if not row_spans:
@@ -188,7 +195,11 @@ class _Worker:
             texts.append(rendered.text)
             spans.append(row_spans)
             kept.append((where, row))
-        for (where, row), (ids, mask) in zip(kept, tokenize_with_mask(self.backend, texts, spans)):
+        for (where, row), encoded in zip(kept, self._tokenize(texts, spans)):
+            if isinstance(encoded, dict):
+                chunk.skipped.append({**where, **encoded})
+                continue
+            ids, mask = encoded
             cut = len(ids) > cfg.max_length
             if cut:
                 ids, mask = ids[: cfg.max_length], mask[: cfg.max_length]
@@ -200,6 +211,20 @@ class _Worker:
             chunk.input_ids.append(ids)
             chunk.loss_mask.append(mask)
         return chunk
+
+    def _tokenize(self, texts: list[str], spans: list) -> list:
+        """(ids, mask) per text in one batch; if the batch fails, row by row, a failing row
+        giving its skip reason instead."""
+        try:
+            return tokenize_with_mask(self.backend, texts, spans)
+        except Exception:
+            out = []
+            for text, text_spans in zip(texts, spans):
+                try:
+                    out.extend(tokenize_with_mask(self.backend, [text], [text_spans]))
+                except Exception as e:
+                    out.append({"reason": rowerrors.TOKENIZER_FAILED, "detail": f"{type(e).__name__}: {e}"[:500]})
+            return out
 
 
 _WORKER: _Worker | None = None
@@ -218,18 +243,22 @@ def _process_in_worker(rows):
 def _read_rows(cfg: BuildConfig, skipped: list[dict], counts: Counter) -> Iterator[list[tuple[dict, dict]]]:
     """Chunks of (position, row) for valid rows of the expected kind; the rest go to `skipped`."""
     chunk = []
-    for rec in iter_records(cfg.data_path):
+    for rec in iter_records(cfg.data_path, limits=cfg.limits):
         counts["rows_in"] += 1
         where = {"source": rec.source, **rec.position()}
         if rec.error:
-            skipped.append({**where, "reason": rec.error})
+            skipped.append({**where, "reason": rec.error, **({"detail": rec.detail} if rec.detail else {})})
             continue
-        kind, reason = check_row(rec.value)
         if isinstance(rec.value, dict) and isinstance(rec.value.get("id"), str):
             where["id"] = rec.value["id"]
+        try:
+            kind, reason = check_row(rec.value)
+        except Exception as e:  # the safety net (never expected: tests assert it)
+            skipped.append({**where, **rowerrors.internal_error(e)})
+            continue
         if reason is None and (kind == "preformatted") != cfg.is_preformatted:
-            reason = ("pre-formatted row without --is-preformatted" if kind == "preformatted"
-                      else "conversation row with --is-preformatted")
+            reason = (rowerrors.PREFORMATTED_IN_CONVERSATIONS if kind == "preformatted"
+                      else rowerrors.CONVERSATION_IN_PREFORMATTED)
         if reason:
             skipped.append({**where, "reason": reason})
             continue
@@ -383,7 +412,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
             "supervised_tokens": counts["supervised_tokens"], "seconds": round(time.perf_counter() - started, 3),
         }
         skipped.sort(key=lambda s: (s.get("line") or 0, s.get("index") or 0))
-        with open(tmp / SKIPPED, "w", encoding="utf-8") as f:
+        with open(tmp / SKIPPED, "w", encoding="utf-8", errors="backslashreplace") as f:
             for s in skipped:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
         config = {k: v for k, v in asdict(cfg).items() if k not in ("output", "overwrite", "num_proc")}
@@ -451,6 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also build the draft vocab mapping (d2t/t2d) of this size")
     parser.add_argument("--target-vocab-size", type=int, default=None,
                         help="target vocab size for the mapping (default: the model config's, else the tokenizer's)")
+    add_limit_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -460,7 +490,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
                        train_only_last_turn=args.train_only_last_turn,
                        system_prompt=None if default else args.system_prompt, use_template_system_prompt=default,
                        num_proc=args.num_proc, output=args.output, trust_remote_code=args.trust_remote_code,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, limits=limits_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,10 @@ ids are renamed `<id>#2`, `<id>#3`, ... in input order. Output rows keep input o
 the eval rows are a seeded sample, so the same input and seed give byte-identical
 files whatever --num-proc is. Everything is written into a hidden staging folder and
 moved into place at the end: an interrupted run leaves no half-written output.
+
+No row stops the run: reading (limits, Unicode policy), normalization and encoding
+failures all become skipped rows (reasons: rowerrors.TABLE). With --strict the first
+skipped row ends the run instead (exit 2, `rowerrors.describe` of its entry, no output).
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from typing import BinaryIO, Callable, Iterator
 from tqdm import tqdm
 
 from draftsmith import resources
-from draftsmith.data import conversation
-from draftsmith.data.formats import SUFFIXES, Record, file_format, iter_records
+from draftsmith.data import conversation, rowerrors
+from draftsmith.data.formats import (DEFAULT_LIMITS, SUFFIXES, Record, RowLimits, add_limit_arguments, file_format,
+                                     iter_records, limits_from_args)
 from draftsmith.data.presets import PRESETS, Preset, get_preset, hub_records
-from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.errors import DraftsmithError, InputError, StrictRowError
 from draftsmith.fsutil import write_json_atomic
 
 BATCH_ROWS = 256
@@ -61,6 +66,7 @@ class PrepareConfig:
     overwrite: bool = False
     strict: bool = False
     progress: bool | None = None  # None: a progress bar only on a terminal
+    limits: RowLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -98,29 +104,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-proc", type=int, default=1, help="processes that normalize rows (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 if any row was skipped (the output and the report are still written)")
+                        help="stop at the first row that would be skipped: print why, write nothing, exit 2")
+    add_limit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = PrepareConfig(dataset=args.dataset or ("custom" if args.data_path else ""), data_path=list(args.data_path),
                         output_path=args.output_path, name=args.name, split=args.split, sample_size=args.sample_size,
                         split_eval=args.split_eval, eval_ratio=args.eval_ratio, seed=args.seed,
-                        num_proc=args.num_proc, overwrite=args.overwrite, strict=args.strict)
+                        num_proc=args.num_proc, overwrite=args.overwrite, strict=args.strict,
+                        limits=limits_from_args(args))
     if not cfg.dataset:
         raise DraftsmithError("pass --dataset NAME (a preset) or --data-path FILE")
     result = prepare_data(cfg)
     print(format_summary(result))
-    skipped = result.summary["skipped"]
     if not result.summary["written"]:
         print(f"warning: no conversation was written; the reasons are in {result.skipped_path}", file=sys.stderr)
-    if cfg.strict and skipped:
-        print(f"error: --strict: {skipped} row(s) skipped, see {result.skipped_path}", file=sys.stderr)
-        return 1
     return 0
 
 
 def prepare_data(cfg: PrepareConfig) -> PrepareResult:
-    """Run the stage; raises DraftsmithError on bad settings, never on bad rows."""
+    """Run the stage; raises DraftsmithError on bad settings, never on bad rows (but
+    StrictRowError at the first bad row with `cfg.strict`)."""
     preset = get_preset(cfg.dataset)
     _check_config(cfg, preset)
     if cfg.split:
@@ -189,13 +194,13 @@ def _supported(path: Path) -> bool:
 Source = Callable[[Callable[[int], bool]], Iterator[Record]]  # wanted(position in source) -> records
 
 
-def _open_sources(preset: Preset, files: list[Path]) -> list[Source]:
+def _open_sources(preset: Preset, files: list[Path], limits: RowLimits) -> list[Source]:
     """One record-iterator factory per input; the hub dataset is loaded here, once, so that a
     download failure surfaces before any work starts and forked workers share the cache."""
     if not files:
-        records = hub_records(preset)
+        records = hub_records(preset, limits)
         return [lambda wanted: records]
-    return [lambda wanted, path=path: iter_records(path, wanted=wanted) for path in files]
+    return [lambda wanted, path=path: iter_records(path, wanted=wanted, limits=limits) for path in files]
 
 
 # ----------------------------------------------------------------- normalization (runs in workers)
@@ -205,19 +210,23 @@ def _open_sources(preset: Preset, files: list[Path]) -> list[Source]:
 def _process(record: Record, ordinal: int, to_row: Callable[[object, int], object]) -> tuple:
     if record.error:
         return ("skip", {"source": record.source, **record.position(), "reason": record.error,
-                         "detail": record.detail})
-    row = to_row(record.value, ordinal)
-    result = conversation.normalize_row(row)
-    if result.problem is None:
-        fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
-        return ("ok", result.kind, result.row["id"], _ENCODER.encode(result.row).encode(), fixes)
-    raw_id = row.get("id") if isinstance(row, dict) else None
+                         **({"detail": record.detail} if record.detail else {})})
+    row = None
+    try:
+        row = to_row(record.value, ordinal)
+        result = conversation.normalize_row(row)
+        if result.problem is None:
+            fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
+            return ("ok", result.kind, result.row["id"], _ENCODER.encode(result.row).encode(), fixes)
+        problem = {"reason": result.problem.reason, **({"field": result.problem.field} if result.problem.field else {})}
+    except Exception as e:  # the safety net: one row never stops the run (tests assert it never fires)
+        problem = rowerrors.internal_error(e)
+    source_row = record.value if row is None else row
+    raw_id = source_row.get("id") if isinstance(source_row, dict) else None
     entry = {"source": record.source, **record.position()}
     if isinstance(raw_id, str) and raw_id.strip():
         entry["id"] = raw_id
-    entry["reason"] = result.problem.reason
-    if result.problem.field:
-        entry["field"] = result.problem.field
+    entry.update(problem)
     return ("skip", entry)
 
 
@@ -317,15 +326,18 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
     fixes = dict.fromkeys(conversation.FIX_KINDS, 0)
     seen_ids: set[str] = set()
     ends = array("q", [0])  # byte offset where each written row ends (row i is ends[i]:ends[i+1])
-    sources = _open_sources(preset, files)
+    sources = _open_sources(preset, files, cfg.limits)
     with open(rows_path, "wb") as out, \
-            open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n") as skipped, \
+            open(staging / f"{name}_skipped.jsonl", "w", encoding="utf-8", newline="\n",
+                 errors="backslashreplace") as skipped, \
             tqdm(desc=f"prepare-data {name}", unit=" rows", disable=_no_bar(cfg), file=sys.stderr) as bar:
         for result in _normalized(preset.to_row, sources, cfg.num_proc):
             read += 1
             bar.update()
             if result[0] == "skip":
                 entry = result[1]
+                if cfg.strict:
+                    raise StrictRowError(rowerrors.describe(entry))
                 skipped_by_reason[entry["reason"]] += 1
                 skipped.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 continue

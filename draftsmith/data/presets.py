@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from draftsmith.data.formats import Record
+from draftsmith.data.formats import DEFAULT_LIMITS, Record, RowLimits
 from draftsmith.errors import DraftsmithError, InputError
 
 
@@ -105,10 +105,11 @@ register(Preset("custom", None, "train", _passthrough,
                 description="chat-shaped rows: canonical, {id, messages}, ShareGPT, or pre-formatted {id, text}"))
 
 
-def hub_records(preset: Preset) -> Iterator[Record]:
+def hub_records(preset: Preset, limits: RowLimits = DEFAULT_LIMITS) -> Iterator[Record]:
     """Rows of the preset's hub dataset (downloaded and cached by `datasets`).
 
     The download happens on the call, not on the first row, so a failure surfaces at once.
+    Rows are checked against `limits` and the Unicode policy like file rows (`Record.checked`).
     """
     if preset.hub_name is None:
         raise InputError(f"dataset {preset.name!r} has no hub location: pass --data-path FILE")
@@ -122,4 +123,4 @@ def hub_records(preset: Preset) -> Iterator[Record]:
             f"{type(e).__name__}: {e}\nIf the hub is unreachable, download the data and pass it with "
             f"--data-path FILE (.json, .jsonl or .parquet), e.g. "
             f"`draftsmith prepare-data --dataset {preset.name} --data-path data.jsonl`") from e
-    return (Record(preset.hub_source, None, index, row) for index, row in enumerate(ds))
+    return (Record(preset.hub_source, None, index, row).checked(limits) for index, row in enumerate(ds))

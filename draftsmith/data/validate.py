@@ -6,6 +6,8 @@ per problem kind with the first few positions of each; exit status 1 when any ro
 invalid (or a file holds no rows), 0 otherwise. Duplicate ids and files that mix
 conversation with pre-formatted rows are warnings: they do not make a row invalid,
 but build-dataset reads one kind per run and merged files often repeat ids.
+Rows are read with the same limits and Unicode policy as every data stage
+(formats.RowLimits, rowerrors.py), and no row can stop the check.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from draftsmith.data import rowerrors
 from draftsmith.data.conversation import find_problem, normalize_row
-from draftsmith.data.formats import Record, file_format, iter_records
+from draftsmith.data.formats import (DEFAULT_LIMITS, Record, RowLimits, add_limit_arguments, file_format,
+                                     iter_records, limits_from_args)
 from draftsmith.errors import InputError
 
 EMPTY_FILE = "empty file"
@@ -69,15 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-examples", type=int, default=5,
                         help="positions listed per problem kind (default 5)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_limit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_files(args.files, max_examples=args.max_examples)
+    report = validate_files(args.files, max_examples=args.max_examples, limits=limits_from_args(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
 
 
-def validate_files(paths: list[Path], max_examples: int = 5) -> ValidationReport:
+def validate_files(paths: list[Path], max_examples: int = 5, limits: RowLimits = DEFAULT_LIMITS) -> ValidationReport:
     """Check every row of every file; unreadable files raise InputError (missing, wrong type)."""
     problems: dict[str, ProblemCount] = {}
     warnings: dict[str, ProblemCount] = {}
@@ -97,17 +102,23 @@ def validate_files(paths: list[Path], max_examples: int = 5) -> ValidationReport
     for path in paths:
         report = FileReport(str(path))
         kinds: Counter = Counter()
-        for record in tqdm(iter_records(path), desc=f"validate {Path(path).name}", unit=" rows",
+        for record in tqdm(iter_records(path, limits=limits), desc=f"validate {Path(path).name}", unit=" rows",
                            disable=None, file=sys.stderr):  # a bar only on a terminal
             report.rows += 1
             where = _where(path, record)
             if record.error:
                 note(problems, record.error, f"{where} ({record.detail})" if record.detail else where)
                 continue
-            kind, problem = find_problem(record.value)
+            try:
+                kind, problem = find_problem(record.value)
+                normalizable = bool(problem) and normalize_row(record.value).problem is None
+            except Exception as e:  # the safety net (never expected: tests assert it)
+                failure = rowerrors.internal_error(e)
+                note(problems, failure["reason"], f"{where} ({failure['detail']})")
+                continue
             if problem:
                 note(problems, problem.reason, f"{where} ({problem.field})" if problem.field else where)
-                if normalize_row(record.value).problem is None:  # e.g. ShareGPT from/value, "messages"
+                if normalizable:  # e.g. ShareGPT from/value, "messages"
                     note(warnings, NORMALIZABLE, where)
                 continue
             report.valid += 1
