@@ -34,7 +34,8 @@ def sharegpt_rows() -> list[dict]:
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     """Dataset caches go to tmp_path; tokenizer paths are resolved (memoized) from the real cache first."""
-    tokenizer_path("smollm2"), tokenizer_path("qwen3"), tokenizer_path("llama3_1"), real_tokenizer("smollm2")
+    tokenizer_path("smollm2"), tokenizer_path("qwen3"), tokenizer_path("llama3_1"), tokenizer_path("gemma3")
+    real_tokenizer("smollm2")
     monkeypatch.setenv("DRAFTSMITH_CACHE", str(tmp_path / "cache"))
 
 
@@ -220,3 +221,62 @@ def test_real_llama3_and_qwen3_tokenizers(tmp_path, tok_name, expected):
     assert row["input_ids"] == list(tok.apply_chat_template(conv, tokenize=True, return_dict=False))
     assert tok.decode([i for i, m in zip(row["input_ids"], row["loss_mask"]) if m]) == expected
 
+
+# ------------------------------------------------------------- #16.4: template text is never supervised
+_EDGE_ROWS = {
+    "leading_assistant": [{"role": "assistant", "content": "An answer to a lost prompt."},
+                          {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}],
+    "leading_tool_and_assistant": [{"role": "tool", "content": "{\"t\": 1}"},
+                                   {"role": "assistant", "content": "Orphan reply."},
+                                   {"role": "user", "content": "Name a color."},
+                                   {"role": "assistant", "content": "Blue."}],
+    "leading_system": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi there"},
+                       {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "More"},
+                       {"role": "assistant", "content": "Sure."}],
+    "double_system": [{"role": "system", "content": "Be terse."}, {"role": "system", "content": "Be kind."},
+                      {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}],
+    "no_user": [{"role": "system", "content": "Be terse."}, {"role": "assistant", "content": "Alone."}],
+}
+# (tokenizer, --chat-template, the end-of-turn token the model emits, rows the template refuses with its reason)
+_EDGE_CASES = [
+    ("smollm2", "hf", "<|im_end|>", {}),
+    ("llama3_1", "hf", "<|eot_id|>", {}),
+    ("qwen3", "hf", "<|im_end|>", {}),
+    ("gemma3", "hf", "<end_of_turn>", {"double_system": "chat template cannot render the row"}),
+    ("smollm2", "qwen", "<|im_end|>", {}),
+    ("llama3_1", "llama3.1", "<|eot_id|>", {}),
+    ("gemma3", "gemma", "<end_of_turn>", {}),
+]
+
+
+def _supervised_runs(tok, ids, mask) -> list[str]:
+    runs, cur = [], []
+    for token, m in zip(ids, mask):
+        if m:
+            cur.append(int(token))
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    return runs + ([tok.decode(cur)] if cur else [])
+
+
+@pytest.mark.parametrize("tokenizer,template,eot,refused", _EDGE_CASES, ids=[f"{t}-{c}" for t, c, _, _ in _EDGE_CASES])
+def test_supervised_text_is_exactly_the_replies_after_the_first_user(tmp_path, tokenizer, template, eot, refused):
+    """Leading replies are dropped (and counted) in every mode, so no template's default system
+    prompt or date header is supervised; the reference is the row itself: each reply after the
+    first user message, followed by the end-of-turn token, and nothing else."""
+    rows = [{"id": name, "conversations": conv} for name, conv in _EDGE_ROWS.items()]
+    cfg = BuildConfig(data_path=write_jsonl(tmp_path / "edge.jsonl", rows), tokenizer=str(tokenizer_path(tokenizer)),
+                      chat_template=template, output=str(tmp_path / "out"))
+    result = build_dataset(cfg)
+    tok = real_tokenizer(tokenizer)
+    built = {row["id"]: row for row in load_from_disk(str(result.path))}
+    skipped = {s["id"]: s["reason"] for s in map(json.loads, (result.path / "skipped.jsonl").read_text().splitlines())}
+    assert skipped == {"no_user": "no user message", **refused}
+    assert result.report["dropped_leading"] == 3
+    for name, conv in _EDGE_ROWS.items():
+        if name in skipped:
+            continue
+        first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
+        expected = [m["content"] + eot for m in conv[first_user:] if m["role"] == "assistant"]
+        assert _supervised_runs(tok, built[name]["input_ids"], built[name]["loss_mask"]) == expected, name

@@ -5,7 +5,10 @@ masked (loss_mask.py), truncated to `max_length`, and written as a `datasets` fo
 Rows that cannot be used are skipped with a stable reason (rowerrors.TABLE), counted in
 the report and listed with their position in `skipped.jsonl`; nothing is turned into an
 all-zero mask, and no row can stop the run (a failure of the template or the tokenizer
-on one row skips that row).
+on one row skips that row). Assistant and tool messages before a conversation's first
+user message are dropped before rendering and counted (`dropped_leading`), whatever the
+template: text a template adds (a default system prompt, a date header) is never
+supervised.
 
 The output is cached under a key of everything that changes it (data file content,
 tokenizer files, template, max length and every flag; not `num_proc`, which never
@@ -34,7 +37,7 @@ import numpy as np
 
 from draftsmith import resources
 from draftsmith.data import rowerrors
-from draftsmith.data.conversation import check_row
+from draftsmith.data.conversation import check_row, drop_leading_replies
 from draftsmith.data.formats import DEFAULT_LIMITS, RowLimits, add_limit_arguments, iter_records, limits_from_args
 from draftsmith.data.loss_mask import backend_tokenizer, tokenize_with_mask
 from draftsmith.data.rowerrors import NO_REPLY, NO_SUPERVISED
@@ -42,7 +45,7 @@ from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_temp
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: replies before the first user message are dropped (#16.4)
 MANIFEST = "draftsmith_build.json"
 SKIPPED = "skipped.jsonl"
 CHUNK_ROWS = 256
@@ -86,6 +89,7 @@ class _Chunk:
     loss_mask: list[np.ndarray] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     truncated: int = 0
+    dropped_leading: int = 0
 
 
 # ------------------------------------------------------------------------------ cache key
@@ -179,7 +183,9 @@ class _Worker:
                 if cfg.is_preformatted:
                     rendered = self.renderer.parse(row["text"])
                 else:
-                    rendered = self.renderer.render(row["conversations"], system_prompt=cfg.system_prompt,
+                    messages, dropped = drop_leading_replies(row["conversations"])
+                    chunk.dropped_leading += dropped
+                    rendered = self.renderer.render(messages, system_prompt=cfg.system_prompt,
                                                     use_default_system=cfg.use_template_system_prompt,
                                                     tools=row.get("tools"))
             except TemplateError as e:
@@ -387,6 +393,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
             for chunk in _chunks(cfg, tokenizer, skipped, counts):
                 skipped.extend(chunk.skipped)
                 counts["truncated"] += chunk.truncated
+                counts["dropped_leading"] += chunk.dropped_leading
                 counts["rows_out"] += len(chunk.ids)
                 counts["tokens"] += sum(len(a) for a in chunk.input_ids)
                 counts["supervised_tokens"] += int(sum(int(m.sum()) for m in chunk.loss_mask))
@@ -408,7 +415,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
         report = {
             "rows_in": counts["rows_in"], "rows_out": counts["rows_out"], "skipped": len(skipped),
             "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-            "truncated": counts["truncated"], "tokens": counts["tokens"],
+            "truncated": counts["truncated"], "dropped_leading": counts["dropped_leading"],
+            "tokens": counts["tokens"],
             "supervised_tokens": counts["supervised_tokens"], "seconds": round(time.perf_counter() - started, 3),
         }
         skipped.sort(key=lambda s: (s.get("line") or 0, s.get("index") or 0))

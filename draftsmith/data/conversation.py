@@ -6,7 +6,7 @@ The canonical rows (DESIGN.md) are
 with roles system / user / assistant / tool.
 
 `check_row` validates a row that claims to be canonical, as it stands (validate-data,
-build-dataset). `normalize_row` turns a row of any supported shape into a canonical
+build-dataset): a conversation needs an assistant reply after its first user message. `normalize_row` turns a row of any supported shape into a canonical
 one (prepare-data). Both report the first problem as a short stable reason string
 ("missing id", "unknown role 'foo'", "empty content", "no assistant reply", ...): the
 reasons are the problem kinds that the skipped file, validate-data and build-dataset
@@ -22,7 +22,8 @@ Normalization policy (what prepare-data writes, counted in its summary):
 - System: the first message may be a system message and is kept; any other system
   message is dropped ("dropped_system").
 - Leading replies: assistant or tool messages before the first user message are
-  dropped ("dropped_leading"). They answer a prompt the row does not contain (ShareGPT
+  dropped ("dropped_leading"; `drop_leading_replies`, the same rule in every stage:
+  build-dataset drops them before any template renders the row, validate-data warns). They answer a prompt the row does not contain (ShareGPT
   splits long chats so that a part starts with "gpt"); training the draft on them
   teaches replies to nothing, and strict chat templates (Gemma, Mistral, Llama-2)
   refuse a conversation that does not start with a user turn.
@@ -51,6 +52,7 @@ ROLE_ALIASES = {
 OPTIONAL_MESSAGE_FIELDS = ("reasoning_content", "tool_calls", "tool_call_id", "name")
 MERGE_SEPARATOR = "\n\n"
 FIX_KINDS = ("merged", "dropped_system", "dropped_leading", "dropped_trailing")
+NO_REPLY_AFTER_USER = "no assistant reply after a user message"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,6 @@ def find_problem(obj: object) -> tuple[str, Problem | None]:
         return kind, Problem("conversations is not a list", "conversations")
     if not messages:
         return kind, Problem("no messages", "conversations")
-    has_reply = False
     for i, msg in enumerate(messages):
         where = f"conversations[{i}]"
         if not isinstance(msg, dict):
@@ -114,10 +115,7 @@ def find_problem(obj: object) -> tuple[str, Problem | None]:
         problem = _check_message_body(msg, role, where, "content")
         if problem:
             return kind, problem
-        has_reply = has_reply or role == "assistant"
-    if not has_reply:
-        return kind, Problem("no assistant reply", "conversations")
-    return kind, None
+    return kind, _check_turns([m["role"] for m in messages], "conversations")
 
 
 def normalize_row(obj: object) -> Normalized:
@@ -148,19 +146,40 @@ def normalize_row(obj: object) -> Normalized:
             if problem:
                 return Normalized(kind, None, problem)
         messages.append(message)
-    roles = {m["role"] for m in messages}
-    if "assistant" not in roles:
-        return Normalized(kind, None, Problem("no assistant reply", key))
-    if "user" not in roles:
-        return Normalized(kind, None, Problem("no user message", key))
+    problem = _check_turns([m["role"] for m in messages], key)
+    if problem is not None and problem.reason != NO_REPLY_AFTER_USER:
+        return Normalized(kind, None, problem)
 
     messages, fixes = _apply_policy(messages)
     if not messages:
-        return Normalized(kind, None, Problem("no assistant reply after a user message", key), fixes)
+        return Normalized(kind, None, Problem(NO_REPLY_AFTER_USER, key), fixes)
     row = {"id": obj["id"], "conversations": messages}
     if isinstance(obj.get("tools"), list):
         row["tools"] = obj["tools"]
     return Normalized(kind, row, None, fixes)
+
+
+def drop_leading_replies(messages: list[dict]) -> tuple[list[dict], int]:
+    """The messages without the assistant and tool messages before the first user message,
+    and how many were dropped: the leading-reply policy, applied alike by prepare-data
+    (`normalize_row`), validate-data (counted as a warning), build-dataset (every template,
+    `hf` included, before rendering) and regenerate-data. A chat template never sees such a
+    reply, so it cannot inject a default system prompt in front of it that would end up
+    inside the reply's supervised span."""
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages))
+    kept = [m for i, m in enumerate(messages) if i >= first_user or m["role"] not in ("assistant", "tool")]
+    return kept, len(messages) - len(kept)
+
+
+def _check_turns(roles: list[str], key: str) -> Problem | None:
+    """A reply to learn from: an assistant message, a user message, and a reply after the first user."""
+    if "assistant" not in roles:
+        return Problem("no assistant reply", key)
+    if "user" not in roles:
+        return Problem("no user message", key)
+    if "assistant" not in roles[roles.index("user"):]:
+        return Problem(NO_REPLY_AFTER_USER, key)
+    return None
 
 
 def _blank(text: str) -> bool:

@@ -15,7 +15,11 @@ Two kinds of template produce the same `Rendered` result:
   directly.
 
 A span covers what the model writes at serving time: the reply content, its reasoning
-where the template renders it, tool calls, and the end-of-turn marker. See
+where the template renders it, tool calls, and the end-of-turn marker; never text the
+template adds (a default system prompt, a date header): build-dataset drops replies
+before the first user message (conversation.drop_leading_replies), the only place a
+template injects such text in front of a reply, and `JinjaTemplate` refuses a row whose
+reply text is not inside the span it found. See
 docs/templates.md for the rules (reasoning, empty think blocks, tool results).
 """
 
@@ -515,6 +519,9 @@ class JinjaTemplate:
                 fn = call.get("function", call) if isinstance(call, dict) else {}
                 if str(fn.get("name", "")) not in text[start:end]:
                     raise TemplateError("chat template does not render tool calls")
+            tail = (messages[i].get("content") or "").strip()[-16:]
+            if tail and tail not in text[start:end]:  # the span would hold template text, not this reply
+                raise TemplateError("cannot find an assistant reply's text inside its span in the rendered text")
             spans.append((start, end))
         return Rendered(text, tuple(spans))
 

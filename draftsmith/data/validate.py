@@ -5,7 +5,9 @@ applies), so a file that passes here tokenizes without skips. The report counts 
 per problem kind with the first few positions of each; exit status 1 when any row is
 invalid (or a file holds no rows), 0 otherwise. Duplicate ids and files that mix
 conversation with pre-formatted rows are warnings: they do not make a row invalid,
-but build-dataset reads one kind per run and merged files often repeat ids.
+but build-dataset reads one kind per run and merged files often repeat ids. So are
+replies before a conversation's first user message: build-dataset drops them (the
+leading-reply policy, conversation.drop_leading_replies), keeping the row's later turns.
 Rows are read with the same limits and Unicode policy as every data stage
 (formats.RowLimits, rowerrors.py), and no row can stop the check.
 """
@@ -22,13 +24,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from draftsmith.data import rowerrors
-from draftsmith.data.conversation import find_problem, normalize_row
+from draftsmith.data.conversation import drop_leading_replies, find_problem, normalize_row
 from draftsmith.data.formats import (DEFAULT_LIMITS, Record, RowLimits, add_limit_arguments, file_format,
                                      iter_records, limits_from_args)
 from draftsmith.errors import InputError
 
 EMPTY_FILE = "empty file"
 NORMALIZABLE = "invalid here, but prepare-data can normalize it"
+LEADING_REPLIES = "replies before the first user message (build-dataset drops them)"
 
 
 @dataclass
@@ -121,6 +124,8 @@ def validate_files(paths: list[Path], max_examples: int = 5, limits: RowLimits =
                 if normalizable:  # e.g. ShareGPT from/value, "messages"
                     note(warnings, NORMALIZABLE, where)
                 continue
+            if kind == "conversation" and drop_leading_replies(record.value["conversations"])[1]:
+                note(warnings, LEADING_REPLIES, where)
             report.valid += 1
             kinds[kind] += 1
             row_id = record.value["id"]
