@@ -70,9 +70,13 @@ FAMILIES = [
                 rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                  "full_attention": {"rope_type": "linear", "factor": 8.0,
                                                     "rope_theta": 1000000.0}})),
+    # Phi-4-mini's shape: longrope over a partial rotary (3/4 of each head; 6 factors for 12 rotary dims)
     Family("phi3", "Phi3Config", "Phi3ForCausalLM",
-           dict(tie_word_embeddings=False, original_max_position_embeddings=4096,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75})),
+           dict(tie_word_embeddings=False, max_position_embeddings=16384, original_max_position_embeddings=4096,
+                rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                 "short_factor": [1.0, 1.1, 1.2, 1.5, 2.0, 3.0],
+                                 "long_factor": [1.0, 1.5, 2.0, 4.0, 8.0, 16.0],
+                                 "original_max_position_embeddings": 4096})),
     Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM",
            dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=24, tie_word_embeddings=False,
                 layer_types=["sliding_attention", "full_attention"] * 4,
@@ -195,3 +199,31 @@ def test_speculative_decoding_is_lossless(family_run, tmp_path):
     (summary,) = report["benchmarks"]
     assert report["lossless"] is True, summary["mismatches"]
     assert summary["turns"] == 2
+
+
+def _global_rope(settings: dict) -> dict:
+    """The target's rope as the family sets it; per-layer-type ropes (Gemma 3): the full-attention one."""
+    rope = settings["rope_parameters"]
+    return rope.get("full_attention", rope)
+
+
+def test_engines_build_the_rope_the_draft_was_trained_with(family_run):
+    """The exported config.json read by each engine's own rule gives the draft's rope: theta, type
+    and the rotated share of each head (vLLM 0.33 layers/rotary_embedding/__init__.py:60-72 reads
+    rope_parameters; SGLang 0.5.23 models/llama_eagle3.py:132-136 reads rope_parameters, and
+    models/llama.py:199 the top-level partial_rotary_factor)."""
+    from draftsmith.draft.model import Eagle3Draft, rotary_tables
+
+    config = json.loads((family_run["served"] / "config.json").read_text())
+    family: Family = family_run["family"]
+    want = _global_rope(family.settings)
+    head_dim = config["head_dim"]
+    vllm_rotary = int(head_dim * config["rope_parameters"].get("partial_rotary_factor", 1.0))
+    sglang_rotary = int(config.get("partial_rotary_factor", 1) * head_dim)
+    target_rotary = int(head_dim * want.get("partial_rotary_factor", 1.0))
+    draft = Eagle3Draft.from_pretrained(family_run["served"], embed_weight=torch.zeros(VOCAB, COMMON["hidden_size"]))
+    cos, _ = rotary_tables(draft.config, torch.arange(4)[None], torch.float32)
+    assert vllm_rotary == sglang_rotary == target_rotary == cos.shape[-1]
+    for read in (config["rope_parameters"], config):          # what SGLang / vLLM take the theta from
+        assert read["rope_theta"] == want["rope_theta"]
+    assert config["rope_parameters"]["rope_type"] == want["rope_type"]
