@@ -87,17 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         batches = reply_batches(model, tokenizer, layers, args.questions, args.max_new_tokens, cache)
         head = model.lm_head.weight.index_select(0, draft.draft_to_target)
         loss = [0.0] * args.ttt_length
-        correct = [0] * args.ttt_length
+        correct = [0] * args.ttt_length            # served: the target's full-vocab argmax (train/ttt.py)
+        correct_dv = [0] * args.ttt_length         # within the draft vocab
         count = [0] * args.ttt_length
         for batch in batches:
             with torch.no_grad():
-                r = ttt_forward(draft, batch, length=args.ttt_length, target_head=head)
+                r = ttt_forward(draft, batch, length=args.ttt_length, target_head=head,
+                                full_head=model.lm_head.weight)
             loss = [a + b for a, b in zip(loss, r.loss_sum)]
-            correct = [a + b for a, b in zip(correct, r.correct)]
+            correct = [a + b for a, b in zip(correct, r.correct_served)]
+            correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
             count = [a + b for a, b in zip(count, r.count)]
-        s = summarize(loss, correct, count)
+        s = summarize(loss, correct_dv, count, correct)
         row = {"draft": str(folder), "acc_k": [round(a, 4) for a in s["acc_k"]], "tau": round(s["tau"], 4),
-               "tokens": count[0]}
+               "tau_draft_vocab": round(s["tau_draft_vocab"], 4), "tokens": count[0]}
         print(f"{folder}: tau~{row['tau']:.3f}  acc by step {' '.join(f'{a:.3f}' for a in row['acc_k'])}",
               flush=True)
         results.append(row)
