@@ -227,3 +227,29 @@ def test_engines_build_the_rope_the_draft_was_trained_with(family_run):
     for read in (config["rope_parameters"], config):          # what SGLang / vLLM take the theta from
         assert read["rope_theta"] == want["rope_theta"]
     assert config["rope_parameters"]["rope_type"] == want["rope_type"]
+
+
+def test_tree_drafting_is_lossless_or_refused_for_sliding_windows(family_run):
+    """topk > 1: full-attention targets decode a tree losslessly; a target with sliding-window
+    layers (its KV cache cannot drop scattered tree rows) gets a clear refusal, not wrong tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from draftsmith.draft.model import Eagle3Draft
+    from draftsmith.errors import DraftsmithError
+    from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
+
+    family: Family = family_run["family"]
+    model = AutoModelForCausalLM.from_pretrained(family_run["target"], dtype=torch.float32).eval()
+    draft = Eagle3Draft.from_pretrained(family_run["served"], embed_weight=model.get_input_embeddings().weight,
+                                        dtype=torch.float32).eval()
+    prompt = list(range(100, 140))            # longer than the 24-token windows
+    cfg = SpecConfig(num_steps=3, topk=2, max_new_tokens=16)
+    if family.settings.get("sliding_window"):
+        with pytest.raises(DraftsmithError, match=r"tree drafting \(--topk > 1\) needs full-attention"):
+            speculative_generate(model, draft, prompt, cfg, draft.config.aux_layer_ids)
+        chain = speculative_generate(model, draft, prompt, SpecConfig(num_steps=3, max_new_tokens=16),
+                                     draft.config.aux_layer_ids)
+        assert chain.tokens == greedy_generate(model, prompt, 16, ()).tokens
+        return
+    g = speculative_generate(model, draft, prompt, cfg, draft.config.aux_layer_ids)
+    assert g.tokens == greedy_generate(model, prompt, 16, ()).tokens
