@@ -45,6 +45,8 @@ from typing import Any, Mapping
 
 import torch
 
+from draftsmith.draft import engine_keys
+from draftsmith.draft.config import inert_keys
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 
@@ -187,10 +189,11 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
         errors.append(f"config.json: draft_vocab_size {draft_vocab} > vocab_size {vocab}")
     if config.get("hidden_act", "silu") != "silu":
         errors.append(f"config.json: hidden_act = {config.get('hidden_act')!r}; the engines' Llama MLP is silu")
-    for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
-            errors.append(f"config.json: {flag} is true; SGLang builds the EAGLE-3 layer without biases and "
-                          "would drop them")
+    errors.extend(Problem(message, engines) for message, engines in engine_keys.refused(config))
+    inert = inert_keys(config)
+    if inert:
+        warnings.append(f"config.json: {', '.join(inert)}: neither engine acts on these keys; draftsmith drops them "
+                        "on export")
     theta = need("rope_theta", (int, float))
     if "rope_scaling" not in config:
         errors.append("config.json: missing 'rope_scaling' (write null for plain rope): SGLang and vLLM read "
@@ -214,11 +217,6 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
         if min(top) < 1:
             errors.append(f"config.json: aux layer ids {top}: index 0 is the embedding output, SGLang "
                           "cannot capture it")
-    if config.get("norm_before_residual"):
-        errors.append(Problem("config.json: norm_before_residual is true: vLLM would feed the normed hidden as the "
-                              "residual, SGLang (and the draft as trained) the raw one", engines=("vllm",)))
-    if isinstance(eagle, Mapping) and eagle.get("use_aux_hidden_state") is False:
-        errors.append("config.json: eagle_config.use_aux_hidden_state is false: vLLM would skip fc")
 
     if target is not None:
         if isinstance(vocab, int) and vocab != target["vocab_size"]:

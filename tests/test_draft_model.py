@@ -240,3 +240,15 @@ def test_the_draft_is_a_silu_llama_layer_whatever_the_target(name, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["hidden_act"] == "silu"
     with pytest.raises(InputError, match="hidden_act"):
         Eagle3Config.from_target_config(target, overrides={"hidden_act": "gelu"})
+
+
+@pytest.mark.parametrize("name", ["llama", "phi-2 (gelu_new)"])
+def test_config_keys_written_are_the_ones_readers_know(name):
+    """#16.5: readers drop (with a warning) every key outside CONFIG_KEYS, so the writer must never
+    write one; a written config reads back without warnings."""
+    from draftsmith.draft.config import CONFIG_KEYS, EAGLE_CONFIG_KEYS, inert_keys
+
+    target = _target() if name == "llama" else _non_silu_targets()[name]
+    written = Eagle3Config.from_target_config(target, draft_vocab_size=100).to_config_dict()
+    assert set(written) <= CONFIG_KEYS and set(written["eagle_config"]) <= EAGLE_CONFIG_KEYS
+    assert inert_keys(written) == []

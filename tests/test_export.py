@@ -299,3 +299,74 @@ def test_declared_dtype_must_be_the_tensors(exported, tmp_path):
     assert any("declares dtype" in e for e in report.errors), report.errors
     _corrupt_config(lambda c: c.update(dtype="float16", torch_dtype="bfloat16"))(folder)
     assert any("torch_dtype" in e for e in check_folder(folder).errors)
+
+
+# ----- #16.5: config keys the engines act on are refused, inert ones dropped -------------------------
+
+ACTED_ON_VALUES = {   # key -> (a value the engines act on, the engines named in the error)
+    "norm_output": (True, "SGLang and vLLM"),
+    "fc_norm": (True, "SGLang and vLLM"),
+    "use_aux_norm": (True, "SGLang"),
+    "num_aux_hidden_states": (4, "SGLang and vLLM"),
+    "bias": (True, "SGLang and vLLM"),
+    "logit_scale": (0.5, "vLLM"),
+    "norm_before_fc": (True, "SGLang and vLLM"),
+    "attention_bias": (True, "SGLang and vLLM"),
+    "mlp_bias": (True, "vLLM"),
+    "norm_before_residual": (True, "vLLM"),
+    "final_logit_softcapping": (30.0, "SGLang"),
+    "rotary_pct": (0.25, "vLLM"),
+    "rope_is_neox_style": (False, "SGLang"),
+    "is_causal": (False, "vLLM"),
+    "layer_types": (["sliding_attention"], "vLLM"),
+    "quantization_config": ({"quant_method": "fp8"}, "SGLang and vLLM"),
+}
+
+
+@pytest.mark.parametrize("key", list(ACTED_ON_VALUES))
+def test_keys_the_engines_act_on_are_refused_everywhere(key, exported, tiny_llama_dir, tmp_path):
+    import shutil
+
+    value, engines = ACTED_ON_VALUES[key]
+    folder = tmp_path / "acted_on"
+    shutil.copytree(exported, folder)
+    _corrupt_config(_set(key, value))(folder)
+    errors = check_folder(folder, load_target_config(tiny_llama_dir)).errors          # inspect
+    assert any(key in e and f"acted on by {engines}," in e for e in errors), errors
+    with pytest.raises(InputError, match=key):                                          # eval's draft loader
+        Eagle3Draft.from_pretrained(folder)
+    with pytest.raises(InputError, match=key):                                          # export
+        export_checkpoint(ExportConfig(checkpoint=folder, output=tmp_path / "out"))
+
+
+def test_eagle_config_keys_the_engines_act_on_are_refused(exported, tmp_path):
+    import shutil
+
+    for key, value in (("norm_before_fc", True), ("use_aux_hidden_state", False)):
+        folder = tmp_path / key
+        shutil.copytree(exported, folder)
+        _corrupt_config(lambda c: c["eagle_config"].update({key: value}))(folder)
+        assert any(f"eagle_config.{key}" in e for e in check_folder(folder).errors)
+        with pytest.raises(InputError, match=key):
+            Eagle3Draft.from_pretrained(folder)
+
+
+def test_inert_unknown_keys_are_dropped_with_a_warning(exported, tmp_path, caplog):
+    import logging
+    import shutil
+
+    folder = tmp_path / "inert"
+    shutil.copytree(exported, folder)
+    _corrupt_config(lambda c: (c.update(pretraining_tp=1, some_tool_note="x"),
+                               c["eagle_config"].update(use_last_layernorm=True)))(folder)
+    report = check_folder(folder)
+    assert report.ok, report.errors
+    assert any("pretraining_tp" in w and "some_tool_note" in w for w in report.warnings), report.warnings
+    with caplog.at_level(logging.WARNING):
+        Eagle3Draft.from_pretrained(folder)
+    assert "some_tool_note" in caplog.text
+    out = tmp_path / "out"
+    export_checkpoint(ExportConfig(checkpoint=folder, output=out))
+    written = json.loads((out / "config.json").read_text())
+    assert "some_tool_note" not in written and "pretraining_tp" not in written
+    assert "use_last_layernorm" not in written["eagle_config"]

@@ -11,13 +11,26 @@ written both as transformers 5 `rope_parameters` and as the `rope_theta` /
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from draftsmith.draft import engine_keys
 from draftsmith.errors import InputError
 from draftsmith.target.hf import default_aux_layers
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
+log = logging.getLogger(__name__)
+
+# What `to_config_dict` writes (test_draft_model checks the two agree), plus the legacy rope
+# spellings other writers use.
+CONFIG_KEYS = frozenset({
+    "architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "max_position_embeddings", "vocab_size",
+    "draft_vocab_size", "target_hidden_size", "tie_word_embeddings", "attention_bias", "mlp_bias", "rope_theta",
+    "rope_scaling", "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+    "use_cache", "eagle_aux_hidden_state_layer_ids", "eagle_config", "draftsmith", "partial_rotary_factor"})
+EAGLE_CONFIG_KEYS = frozenset({"eagle_aux_hidden_state_layer_ids", "use_aux_hidden_state"})
 
 
 @dataclass
@@ -42,7 +55,6 @@ class Eagle3Config:
     pad_token_id: int | None = None
     dtype: str = "bfloat16"              # config.json's dtype: always the saved tensors' (save_pretrained sets it)
     target_dtype: str = "bfloat16"       # the target's dtype: `export`'s default (bf16 when the target says nothing)
-    extra: dict[str, Any] = field(default_factory=dict)  # unknown config.json keys, kept on round-trip
 
     def __post_init__(self):
         if self.draft_vocab_size > self.vocab_size:
@@ -107,7 +119,7 @@ class Eagle3Config:
             pad_token_id=get("pad_token_id"),
             target_dtype=target_dtype_name(get("dtype") or get("torch_dtype")),
         )
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)}
         for key, value in (overrides or {}).items():
             if key not in names:
                 raise InputError(f"unknown draft config field (known: {', '.join(sorted(names))})", field=key)
@@ -122,7 +134,7 @@ class Eagle3Config:
             scaling = {k: v for k, v in self.rope_scaling.items() if k != "rope_theta"}
             scaling.setdefault("rope_type", "default")
             scaling.setdefault("type", scaling["rope_type"])  # older readers look for "type"
-        d = dict(self.extra)
+        d: dict[str, Any] = {}
         d.update({
             "architectures": [ARCHITECTURE],
             "model_type": "llama",
@@ -158,9 +170,7 @@ class Eagle3Config:
             "eagle_aux_hidden_state_layer_ids": list(self.aux_layer_ids),
             # SGLang: layer ids whose *output* is captured (it captures the input of id + 1).
             "eagle_config": {"eagle_aux_hidden_state_layer_ids": sglang_ids,
-                             "use_aux_hidden_state": True,
-                             "use_input_layernorm_in_first_layer": True,
-                             "use_last_layernorm": True},
+                             "use_aux_hidden_state": True},
             "draftsmith": {"aux_layer_ids": list(self.aux_layer_ids),
                            "target_num_hidden_layers": self.target_num_hidden_layers,
                            "target_dtype": self.target_dtype},
@@ -170,6 +180,14 @@ class Eagle3Config:
     @classmethod
     def from_config_dict(cls, d: Mapping[str, Any], *, path: object = None) -> "Eagle3Config":
         d = dict(d)
+        refused = engine_keys.refused(d)
+        if refused:
+            raise InputError("config keys SGLang/vLLM act on that draftsmith does not implement (the engines would "
+                             "serve another model than this one):\n  " + "\n  ".join(m for m, _ in refused),
+                             path=path, field=refused[0][0].split(" = ")[0].removeprefix("config.json: "))
+        for key in inert_keys(d):
+            log.warning("%s: dropping config key %r: neither SGLang nor vLLM acts on it and draftsmith "
+                        "does not write it", path or "config.json", key)
         archs = d.get("architectures") or []
         if ARCHITECTURE not in archs:
             raise InputError(f"not an EAGLE-3 draft config (architectures={archs})", path=path,
@@ -209,9 +227,17 @@ class Eagle3Config:
             )
         except KeyError as e:
             raise InputError("missing required key", path=path, field=e.args[0]) from None
-        known = set(cfg.to_config_dict())
-        cfg.extra = {k: v for k, v in d.items() if k not in known}
         return cfg
+
+
+def inert_keys(d: Mapping[str, Any]) -> list[str]:
+    """Keys of a draft config.json that draftsmith neither writes nor rules on and the engines
+    ignore (`eagle_config.` prefixed for the nested ones): readers drop them with a warning."""
+    top = [k for k in d if k not in CONFIG_KEYS and k not in engine_keys.handled_keys()]
+    eagle = d.get("eagle_config") if isinstance(d.get("eagle_config"), Mapping) else {}
+    nested = [f"eagle_config.{k}" for k in eagle
+              if k not in EAGLE_CONFIG_KEYS and k not in engine_keys.handled_eagle_keys()]
+    return sorted(top) + sorted(nested)
 
 
 SERVED_DTYPES = ("bfloat16", "float16", "float32")
