@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 import torch
 
-from draftsmith.draft import engine_keys
+from draftsmith.draft import engine_keys, rope
 from draftsmith.draft.config import inert_keys
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
@@ -190,6 +190,7 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
     if config.get("hidden_act", "silu") != "silu":
         errors.append(f"config.json: hidden_act = {config.get('hidden_act')!r}; the engines' Llama MLP is silu")
     errors.extend(Problem(message, engines) for message, engines in engine_keys.refused(config))
+    errors.extend(Problem(message, engines) for message, engines in rope.config_problems(config))
     inert = inert_keys(config)
     if inert:
         warnings.append(f"config.json: {', '.join(inert)}: neither engine acts on these keys; draftsmith drops them "

@@ -149,6 +149,15 @@ CORRUPTIONS = {
                                                        _sglang_ids([1, 1, 0])(c))), "distinct increasing"),
     "vLLM residual convention": (_corrupt_config(_set("norm_before_residual", True)), "norm_before_residual"),
     "vocab differs from target": (_corrupt_config(_set("vocab_size", 1000)), "vocab_size 1000 != target"),
+    # #16.6: the rope as the engines read it (draftsmith.draft.rope)
+    "dynamic rope": (_corrupt_config(lambda c: (c.update(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+                                                c["rope_parameters"].update(rope_type="dynamic", factor=2.0))),
+                     "rope_type 'dynamic'"),
+    "rope spellings disagree": (_corrupt_config(lambda c: c["rope_parameters"].update(rope_type="linear", factor=2.0)),
+                                "disagree"),
+    "partial rotary only top-level": (_corrupt_config(_set("partial_rotary_factor", 0.5)), "partial_rotary_factor 0.5"),
+    "top-level original max positions": (_corrupt_config(_set("original_max_position_embeddings", 2048)),
+                                         "overrides the rope's"),
 }
 
 

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from draftsmith.draft import engine_keys
+from draftsmith.draft import engine_keys, rope
 from draftsmith.errors import InputError
 from draftsmith.target.hf import default_aux_layers
 
@@ -68,6 +68,10 @@ class Eagle3Config:
             # raise "Unsupported activation" for any other MLP activation.
             raise InputError(f"hidden_act {self.hidden_act!r}: the EAGLE-3 draft layer of SGLang and vLLM is a "
                              "Llama layer with a SiLU MLP", field="hidden_act")
+        problems = rope.scaling_problems(self.rope_scaling)
+        if problems:
+            raise InputError("rope SGLang or vLLM would not serve as trained:\n  " + "\n  ".join(m for m, _ in problems),
+                             field="rope_scaling")
         if len(self.aux_layer_ids) != 3:
             raise InputError(f"EAGLE-3 fuses exactly 3 target layers, got {self.aux_layer_ids}",
                              field="aux_layer_ids")
@@ -98,6 +102,7 @@ class Eagle3Config:
         hidden = int(get("hidden_size"))
         vocab = int(get("vocab_size"))
         theta, scaling = _rope_of(get)
+        scaling = rope.for_draft(theta, scaling)   # dynamic / longrope targets: the default rope (rope.py)
         values: dict[str, Any] = dict(
             hidden_size=hidden,
             intermediate_size=int(get("intermediate_size") or 4 * hidden),
@@ -233,7 +238,8 @@ class Eagle3Config:
 def inert_keys(d: Mapping[str, Any]) -> list[str]:
     """Keys of a draft config.json that draftsmith neither writes nor rules on and the engines
     ignore (`eagle_config.` prefixed for the nested ones): readers drop them with a warning."""
-    top = [k for k in d if k not in CONFIG_KEYS and k not in engine_keys.handled_keys()]
+    ruled = engine_keys.handled_keys() | {"original_max_position_embeddings"}   # the latter: rope.config_problems
+    top = [k for k in d if k not in CONFIG_KEYS and k not in ruled]
     eagle = d.get("eagle_config") if isinstance(d.get("eagle_config"), Mapping) else {}
     nested = [f"eagle_config.{k}" for k in eagle
               if k not in EAGLE_CONFIG_KEYS and k not in engine_keys.handled_eagle_keys()]
