@@ -111,7 +111,7 @@ def find_problem(obj: object) -> tuple[str, Problem | None]:
             return kind, Problem("missing role", f"{where}.role")
         role = msg["role"]
         if role not in ROLES:
-            return kind, Problem(f"unknown role {role!r}", f"{where}.role")
+            return kind, _role_problem(role, f"{where}.role")
         problem = _check_message_body(msg, role, where, "content")
         if problem:
             return kind, problem
@@ -182,6 +182,13 @@ def _check_turns(roles: list[str], key: str) -> Problem | None:
     return None
 
 
+def _role_problem(role: object, where: str) -> Problem:
+    """"unknown role 'x'" for a string (cut to 32 characters: a reason is a counted kind), else "role is not a string"."""
+    if not isinstance(role, str):
+        return Problem("role is not a string", where)
+    return Problem(f"unknown role {role[:32]!r}", where)
+
+
 def _blank(text: str) -> bool:
     return not text or text.isspace()  # no copy of a long string, unlike strip()
 
@@ -246,7 +253,7 @@ def _canonical_message(msg: object, where: str) -> tuple[dict | None, Problem | 
     if role is None and isinstance(raw_role, str):
         role = ROLE_ALIASES.get(raw_role.strip().lower())
     if role is None:
-        return None, Problem(f"unknown role {raw_role!r}", f"{where}.{role_key}")
+        return None, _role_problem(raw_role, f"{where}.{role_key}")
     content_key = "content" if "content" in msg else "value"
     problem = _check_message_body(msg, role, where, content_key)
     if problem:

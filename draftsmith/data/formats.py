@@ -407,6 +407,9 @@ def _iter_json_array(f: IO[bytes], source: str, chunk_bytes: int, limits: RowLim
         while True:
             start_line = line
             problem = None
+            bom = pos < len(buf) and buf[pos] == "\ufeff"  # a file with a BOM pasted into the array
+            if bom:
+                pos += 1
             while True:
                 try:
                     value, end = decoder.raw_decode(buf, pos)
@@ -446,7 +449,8 @@ def _iter_json_array(f: IO[bytes], source: str, chunk_bytes: int, limits: RowLim
                 if not skip_value():
                     return
             else:
-                problem = _array_element_problem(buf, pos, end, value, limits)
+                problem = _array_element_problem(buf, pos, end, value, limits) or (
+                    (INVALID_UNICODE, "a byte-order mark before this element") if bom else None)
                 line += buf.count("\n", pos, end)
                 pos = end
                 yield Record(source, start_line, index, None, *problem) if problem else \

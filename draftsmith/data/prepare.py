@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,9 @@ from draftsmith.fsutil import write_json_atomic
 
 BATCH_ROWS = 256
 _ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # UTF-8 output, readable
+# non-ASCII characters that str.splitlines() (and JavaScript) treat as line breaks (json escapes the
+# ASCII ones): escaped too, so a row is one line to any line reader
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
 
 
 @dataclass
@@ -217,7 +221,7 @@ def _process(record: Record, ordinal: int, to_row: Callable[[object, int], objec
         result = conversation.normalize_row(row)
         if result.problem is None:
             fixes = tuple(result.fixes.get(k, 0) for k in conversation.FIX_KINDS)
-            return ("ok", result.kind, result.row["id"], _ENCODER.encode(result.row).encode(), fixes)
+            return ("ok", result.kind, result.row["id"], _encode(result.row), fixes)
         problem = {"reason": result.problem.reason, **({"field": result.problem.field} if result.problem.field else {})}
     except Exception as e:  # the safety net: one row never stops the run (tests assert it never fires)
         problem = rowerrors.internal_error(e)
@@ -228,6 +232,13 @@ def _process(record: Record, ordinal: int, to_row: Callable[[object, int], objec
         entry["id"] = raw_id
     entry.update(problem)
     return ("skip", entry)
+
+
+def _encode(row: dict) -> bytes:
+    line = _ENCODER.encode(row)
+    if not line.isascii():
+        line = _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return line.encode()
 
 
 def _batch_results(to_row: Callable[[object, int], object], sources: list[Source], worker: int = 0,
@@ -344,7 +355,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
             _, kind, row_id, line, row_fixes = result
             if row_id in seen_ids:
                 row_id = _unique_id(row_id, seen_ids)
-                line = json.dumps({**json.loads(line), "id": row_id}, ensure_ascii=False).encode()
+                line = _encode({**json.loads(line), "id": row_id})
                 duplicates += 1
             seen_ids.add(row_id)
             out.write(line + b"\n")

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 from draftsmith import dist
+from draftsmith.data import rowerrors
 from draftsmith.data.conversation import normalize_row
-from draftsmith.data.formats import iter_records
+from draftsmith.data.formats import DEFAULT_LIMITS, RowLimits, add_limit_arguments, iter_records
 from draftsmith.errors import DraftsmithError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 from draftsmith.target.dtype import CHOICES, DTYPE_HELP, check_dtype_name, resolve_dtype
@@ -63,6 +64,8 @@ class RegenerateConfig:
     device: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
+    max_row_bytes: int = DEFAULT_LIMITS.max_row_bytes   # formats.RowLimits, as in every data stage
+    max_row_depth: int = DEFAULT_LIMITS.max_row_depth
 
     def __post_init__(self):
         for name in ("max_new_tokens", "max_prompt_length", "batch_size"):
@@ -77,7 +80,7 @@ class RegenerateConfig:
     def settings(self) -> dict:
         """What decides the output: a rerun with other values must not continue an old partial file."""
         keep = ("model_path", "max_new_tokens", "max_prompt_length", "max_turns", "num_samples", "batch_size",
-                "temperature", "top_p", "seed", "dtype")
+                "temperature", "top_p", "seed", "dtype", "max_row_bytes", "max_row_depth")
         record = {k: getattr(self, k) for k in keep}
         record["data_path"] = [str(p) for p in self.data_path]
         return record
@@ -96,23 +99,29 @@ class Item:
 
 
 def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
-    """Usable conversations in input order; every other row goes to `skipped` with its position."""
+    """Usable conversations in input order; every other row goes to `skipped` with its position
+    (reasons: rowerrors.TABLE; rows are read with the limits and Unicode policy of every data stage,
+    and normalized as prepare-data does: replies before the first user message are dropped)."""
     items: list[Item] = []
+    limits = RowLimits(cfg.max_row_bytes, cfg.max_row_depth)
     for path in cfg.data_path:
-        for rec in iter_records(path):
+        for rec in iter_records(path, limits=limits):
             where = {"source": rec.source, **rec.position()}
             if rec.error:
-                skipped.append({**where, "reason": rec.error})
+                skipped.append({**where, "reason": rec.error, **({"detail": rec.detail} if rec.detail else {})})
                 continue
-            norm = normalize_row(rec.value)
+            try:
+                norm = normalize_row(rec.value)
+            except Exception as e:  # the safety net (never expected: tests/test_fuzz_rows.py asserts it)
+                skipped.append({**where, "id": _row_id(rec.value), **rowerrors.internal_error(e)})
+                continue
             if norm.kind == "preformatted" or norm.row is None:
-                reason = "pre-formatted text has no turns to answer" if norm.kind == "preformatted" else (
-                    norm.problem.reason if norm.problem else "unusable row")
+                reason = rowerrors.NO_TURNS if norm.kind == "preformatted" else norm.problem.reason
                 skipped.append({**where, "id": _row_id(rec.value), "reason": reason})
                 continue
             messages = norm.row["conversations"]
             if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-                skipped.append({**where, "id": norm.row["id"], "reason": "tool calls are not regenerated"})
+                skipped.append({**where, "id": norm.row["id"], "reason": rowerrors.TOOL_CALLS_NOT_REGENERATED})
                 continue
             users = [m["content"] for m in messages if m["role"] == "user"][: cfg.max_turns]
             system = [{"role": "system", "content": m["content"]} for m in messages if m["role"] == "system"]
@@ -122,8 +131,9 @@ def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
     return items
 
 
-def _row_id(value: object) -> object:
-    return value.get("id") if isinstance(value, dict) else None
+def _row_id(value: object) -> str | None:
+    row_id = value.get("id") if isinstance(value, dict) else None
+    return row_id if isinstance(row_id, str) else None
 
 
 class Generator:
@@ -358,6 +368,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA when present)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_limit_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

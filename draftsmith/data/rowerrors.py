@@ -72,7 +72,9 @@ TABLE: tuple[Reason, ...] = (
     Reason("messages is not a list", "row", "`messages` is not a list"),
     Reason("message is not an object", "row", "a message is not a JSON object"),
     Reason("missing role", "row", "a message has no `role` (or `from`)"),
-    Reason("unknown role '<role>'", "row", "a role outside system/user/assistant/tool (and prepare-data's aliases)"),
+    Reason("role is not a string", "row", "a message's `role` is null, a number, a list, ..."),
+    Reason("unknown role <role>", "row", "a role outside system/user/assistant/tool (and prepare-data's aliases), "
+                                         "quoted, cut to 32 characters"),
     Reason("missing content", "row", "a message has no `content` (and is not an assistant tool call)"),
     Reason("content is not a string", "row", "`content` is a number, list, ..."),
     Reason("empty content", "row", "`content` is blank"),
