@@ -132,6 +132,37 @@ class FeatureStore(Dataset):
     def ids(self) -> list[str]:
         return [s["id"] for s in self.samples]
 
+    # typed views of the manifest (docs/feature-store.md), for readers that are not the store
+    @property
+    def model(self) -> str | None:
+        """The target model the features were computed with (path or hub name)."""
+        return self.manifest.get("model")
+
+    @property
+    def data_path(self) -> str | None:
+        """The tokenized dataset (or data file) the store was made from."""
+        return self.manifest.get("data")
+
+    @property
+    def aux_layers(self) -> list[int]:
+        return list(self.manifest["aux_layers"])
+
+    @property
+    def signal(self) -> str:
+        """"hidden" (the final hidden state) or "topk" (the target's top-K over a draft vocab)."""
+        return "hidden" if self.topk in (None, 0) else "topk"
+
+    @property
+    def draft_vocab_size(self) -> int | None:
+        """The draft vocab size a top-K store was made over (None for a hidden-state store)."""
+        size = self.manifest.get("draft_vocab_size")
+        return None if size is None else int(size)
+
+    @property
+    def draft_vocab_digest(self) -> str | None:
+        """sha256 of a top-K store's draft_to_target ids (int64 bytes): which draft vocab its top-K is over."""
+        return self.manifest.get("settings", {}).get("draft_vocab")
+
     @property
     def has_target_argmax(self) -> bool:
         """A top-K store that holds the target's full-vocab argmax per row (`topk_argmax`)."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from draftsmith.errors import InputError
+from draftsmith.logs import get_logger
 from draftsmith.target.dtype import DTYPE_HELP
-from draftsmith.train.trainer import TrainConfig, train
+from draftsmith.train.config import TrainConfig
+from draftsmith.train.trainer import train
 
 _DEFAULTS = TrainConfig()
+log = get_logger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # YAML file, which overrides TrainConfig's defaults.
     p.argument_default = argparse.SUPPRESS
     p.epilog = "defaults: " + ", ".join(f"--{f.name.replace('_', '-')}={getattr(_DEFAULTS, f.name)}"
-                                        for f in dataclasses.fields(TrainConfig) if f.name != "extra")
+                                        for f in dataclasses.fields(TrainConfig))
     p.add_argument("--config", help="YAML file with any of these flags as keys")
     p.add_argument("--mode", choices=["online", "offline"],
                    help="online: the target runs in the loop; offline: read a feature store")
@@ -112,7 +114,7 @@ def _read_yaml(path: Path) -> dict:
         raise InputError(f"invalid YAML: {e}", path=path, line=None if line is None else line + 1) from None
     if not isinstance(data, dict):
         raise InputError("expected a mapping of flag names to values", path=path)
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -137,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if result.get("eval") is not None:
         ev = result["eval"]
         served = "unknown" if ev["tau"] is None else f"{ev['tau']:.3f}, acc_k {[round(a, 3) for a in ev['acc_k']]}"
-        print(f"eval: tau {served} (full-vocab argmax, as served); within the draft vocab "
-              f"{ev['tau_draft_vocab']:.3f}", file=sys.stderr)
+        log.info("eval: tau %s (full-vocab argmax, as served); within the draft vocab %.3f", served,
+                 ev["tau_draft_vocab"])
+    if result.get("best"):
+        log.info("best: %s (step %d, %.3f)", result["best"], result["best_step"], result["best_value"])
     print(json.dumps({"final": result["final"], "global_step": result["global_step"]}))
     return 0

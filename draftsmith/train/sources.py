@@ -1,8 +1,10 @@
 """Feature sources: where a training batch's target features come from.
 
 `OfflineSource` reads a feature store ✱; `OnlineSource` runs the target backend on
-tokenized rows inside the loop. Both turn a list of sample indices into the same
-right-padded batch dict, so the trainer never knows which one it holds:
+tokenized rows inside the loop. `build_sources(cfg, ...)` is the one place that makes
+them from a `TrainConfig` (and the held-out split, train/evaluate.py) and gathers what the
+draft needs from the target (`SourceSetup`). Both sources turn a list of sample indices
+into the same right-padded batch dict, so the trainer never knows which one it holds:
 
     input_ids, loss_mask, attention_mask   [B, T] int64
     aux_hidden_states                      [B, T, 3·Ht]
@@ -54,7 +56,7 @@ class OfflineSource:
     def __init__(self, store, max_length: int | None = None):
         self.store = store
         self.max_length = max_length
-        self.signal = "hidden" if store.manifest.get("topk") in (None, 0) else "topk"
+        self.signal = store.signal
         # the hidden signal gives the full-vocab argmax through the lm_head; a top-K store only if it stored it
         self.has_target_argmax = self.signal == "hidden" or store.has_target_argmax
 
@@ -189,3 +191,111 @@ def _find_tensor(files: dict[str, Path], suffix: str) -> torch.Tensor | None:
 def draft_vocab_digest(draft_to_target: torch.Tensor) -> str:
     """The digest the feature store records for its top-K draft vocabulary."""
     return hashlib.sha256(draft_to_target.long().cpu().numpy().tobytes()).hexdigest()
+
+
+# ----- the one place that builds the sources -----------------------------------------------------
+
+@dataclass
+class SourceSetup:
+    """The sources of a run and what the draft takes from the target."""
+
+    train: object                     # OfflineSource | OnlineSource | evaluate.SubsetSource
+    eval: object | None               # the held-out split, if any
+    model_path: str                   # the target (for its config, tokenizer, lm_head)
+    target_config: object             # transformers config of the target
+    aux_layers: list[int]             # HF hidden_states indices fused by the draft
+    embed: torch.Tensor               # [V, Ht] on the device
+    lm_head: torch.Tensor             # [V, Ht]
+    vocab_size: int
+    target: object | None = None      # online: the live HFTarget
+    store: object | None = None       # offline: the training FeatureStore (all its rows)
+    data_dir: Path | None = None      # the tokenized training data (the draft vocab is counted on it)
+    topk_draft_vocab: int | None = None   # a top-K store's draft vocab size: the draft must use it
+
+
+def build_sources(cfg, info, dtype: torch.dtype) -> SourceSetup:
+    """Online: load the target, tokenize (or reuse) the data. Offline: open the stores and read the
+    target's embeddings / lm_head from its files. Then carve out --eval-holdout rows."""
+    if cfg.mode == "online":
+        from draftsmith.target.hf import load_target
+
+        target = load_target(cfg.target_model_path, dtype=dtype, device=info.device, aux_layers=cfg.aux_layers,
+                             tp_size=cfg.tp_size, trust_remote_code=cfg.trust_remote_code, stage="train")
+        train_ds, data_dir = _tokenized(cfg, info, cfg.train_data_path, "--train-data-path")
+        eval_source = None
+        if cfg.eval_data_path:
+            eval_ds, _ = _tokenized(cfg, info, cfg.eval_data_path, "--eval-data-path")
+            eval_source = OnlineSource(eval_ds, target, cfg.max_length)
+        setup = SourceSetup(train=OnlineSource(train_ds, target, cfg.max_length), eval=eval_source,
+                            model_path=cfg.target_model_path, target_config=target.config,
+                            aux_layers=list(target.aux_layers), embed=target.embed_tokens.weight,
+                            lm_head=target.lm_head_weight, vocab_size=target.vocab_size, target=target,
+                            data_dir=data_dir)
+    else:
+        setup = _offline(cfg, info, dtype)
+    return _hold_out(cfg, setup)
+
+
+def _offline(cfg, info, dtype: torch.dtype) -> SourceSetup:
+    from transformers import AutoConfig
+
+    from draftsmith.errors import InputError
+    from draftsmith.features import FeatureStore
+
+    store = FeatureStore.open(cfg.train_hidden_states_path)
+    model_path = cfg.target_model_path or store.model
+    if not model_path:
+        raise InputError("the store names no model: give --target-model-path", field="--target-model-path")
+    if cfg.aux_layers is not None and list(cfg.aux_layers) != store.aux_layers:
+        raise InputError(f"the store holds aux layers {store.aux_layers}, not {list(cfg.aux_layers)}",
+                         path=cfg.train_hidden_states_path, field="--aux-layers")
+    eval_source = None
+    if cfg.eval_hidden_states_path:
+        eval_store = FeatureStore.open(cfg.eval_hidden_states_path)
+        if eval_store.aux_layers != store.aux_layers:
+            raise InputError("eval store has other aux layers than the train store",
+                             path=cfg.eval_hidden_states_path, field="aux_layers")
+        eval_source = OfflineSource(eval_store, cfg.max_length)
+    weights = load_target_weights(model_path, dtype)
+    data_dir = None
+    if store.signal == "topk" or cfg.train_data_path:
+        _, data_dir = _tokenized(cfg, info, cfg.train_data_path or store.data_path, "--train-data-path",
+                                 model_path=model_path)
+    return SourceSetup(train=OfflineSource(store, cfg.max_length), eval=eval_source, model_path=model_path,
+                       target_config=AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code),
+                       aux_layers=store.aux_layers, embed=weights.embed.to(info.device), lm_head=weights.lm_head,
+                       vocab_size=int(weights.embed.shape[0]), store=store, data_dir=data_dir,
+                       topk_draft_vocab=store.draft_vocab_size if store.signal == "topk" else None)
+
+
+def _tokenized(cfg, info, path: str | None, flag: str, model_path: str | None = None):
+    """(dataset, folder) of tokenized rows; rank 0 builds (or finds) them first, the others then hit the cache."""
+    from draftsmith import dist
+    from draftsmith.data.build import load_tokenized
+    from draftsmith.errors import InputError
+
+    if not path:
+        raise InputError("no data path given (a top-K store needs the tokenized data it was made from)", field=flag)
+    kwargs = dict(tokenizer=model_path or cfg.target_model_path, chat_template=cfg.chat_template,
+                  max_length=cfg.max_length, is_preformatted=cfg.is_preformatted, flag=flag)
+    if info.is_main:
+        result = load_tokenized(path, **kwargs)
+    dist.barrier()
+    if not info.is_main:
+        result = load_tokenized(path, **kwargs)
+    return result
+
+
+def _hold_out(cfg, setup: SourceSetup) -> SourceSetup:
+    """--eval-holdout N: N training samples become the eval split (the draft vocab still counts them)."""
+    if not cfg.eval_holdout:
+        return setup
+    from draftsmith.errors import InputError
+    from draftsmith.train.evaluate import SubsetSource, holdout_split
+
+    n = len(setup.train)
+    if cfg.eval_holdout >= n:
+        raise InputError(f"cannot hold out {cfg.eval_holdout} of {n} samples", field="--eval-holdout")
+    train_idx, eval_idx = holdout_split(n, cfg.eval_holdout, cfg.seed)
+    setup.train, setup.eval = SubsetSource(setup.train, train_idx), SubsetSource(setup.train, eval_idx)
+    return setup
