@@ -215,9 +215,9 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
                           "output of layer id (input of id + 1), vLLM the input of layer id")
         if len(set(top)) != 3 or sorted(top) != list(top):
             errors.append(f"config.json: aux layer ids {top} must be three distinct increasing layers")
-        if min(top) < 1:
-            errors.append(f"config.json: aux layer ids {top}: index 0 is the embedding output, SGLang "
-                          "cannot capture it")
+        if min(top) < 0:
+            errors.append(f"config.json: aux layer ids {top}: negative; 0 (the embedding output, SGLang id -1) "
+                          "is the lowest both engines capture")
 
     if target is not None:
         if isinstance(vocab, int) and vocab != target["vocab_size"]:
@@ -267,6 +267,11 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
                           f"implies {list(shape)}")
     vocab, hidden = int(config["vocab_size"]), int(config["hidden_size"])
     draft_vocab = int(config.get("draft_vocab_size") or vocab)
+    if "embed_tokens.weight" not in tensors:
+        # vLLM 0.33.0 V1 model runner: the target's embeddings are shared with the draft only when
+        # pipeline parallelism is 1 (v1/spec_decode/llm_base_proposer.py:1424-1508).
+        warnings.append("no embed_tokens.weight: vLLM with pipeline parallelism > 1 (V1 model runner) does not share "
+                        "the target's embeddings with the draft; export with --include-embeddings to serve there")
     for name in tensors:
         if name in expected:
             continue

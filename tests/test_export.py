@@ -379,3 +379,40 @@ def test_inert_unknown_keys_are_dropped_with_a_warning(exported, tmp_path, caplo
     written = json.loads((out / "config.json").read_text())
     assert "some_tool_note" not in written and "pretraining_tp" not in written
     assert "use_last_layernorm" not in written["eagle_config"]
+
+
+# ----- #16.8: aux layer 0 (the embedding output); vLLM pipeline parallelism needs embeddings --------
+
+def test_aux_layer_zero_is_the_embedding_output_both_engines_capture(tiny_llama_dir, tmp_path, capsys):
+    """HF hidden_states[0] = the embedding output. vLLM 0.33.0 captures it before layer 0 on the
+    first PP rank (model_executor/models/llama.py:428-431, id 0 as is); SGLang 0.5.23 captures at
+    id + 1 = layer 0 (srt/models/llama.py:941) the stream before any residual exists, i.e. the
+    embeddings (srt/layers/layer_boundary/stage.py:421-434), so its id is -1."""
+    from transformers import AutoConfig
+
+    cfg = Eagle3Config.from_target_config(AutoConfig.from_pretrained(tiny_llama_dir), draft_vocab_size=DRAFT_VOCAB,
+                                          aux_layer_ids=[0, 2, 5])
+    ckpt = Eagle3Draft(cfg).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "served"
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt, output=out, target_model_path=tiny_llama_dir))
+    assert report.ok, report.errors
+    config = json.loads((out / "config.json").read_text())
+    assert config["eagle_aux_hidden_state_layer_ids"] == [0, 2, 5]
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [-1, 1, 4]
+    written = dict(config)
+    written.pop("draftsmith")          # a folder from another tool: ids from the engines' keys alone
+    assert Eagle3Config.from_config_dict(written).aux_layer_ids == [0, 2, 5]
+    assert cli.run_command("inspect", [str(out)]) == 0
+    assert "--include-embeddings" in capsys.readouterr().out
+
+
+def test_inspect_warns_vllm_pipeline_parallel_needs_the_draft_embeddings(checkpoint, tiny_llama_dir, tmp_path):
+    """vLLM 0.33.0's V1 model runner shares the target's embeddings with the draft only when
+    pipeline parallelism is 1 (v1/spec_decode/llm_base_proposer.py:1424-1508, else "loaded
+    separately" from the draft folder); without embed_tokens.weight the draft's stay uninitialized."""
+    bare = check_folder(checkpoint)
+    assert any("--include-embeddings" in w and "pipeline" in w for w in bare.warnings)
+    out = tmp_path / "with_embed"
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir,
+                                   include_embeddings=True))
+    assert not any("--include-embeddings" in w for w in check_folder(out).warnings)
