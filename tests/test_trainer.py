@@ -275,3 +275,36 @@ def test_held_out_split_with_real_decoding(setup, tmp_path):
     assert curves["eval/decode_tau"][0] == [2, 4]
     with pytest.raises(InputError, match="held-out"):
         Trainer(_offline(setup, tmp_path / "x", early_stop=2))
+
+
+def test_trainer_and_build_dataset_choose_the_same_draft_vocab_on_ties(tiny_llama_dir, tmp_path):
+    """One owner of the draft-vocab selection (data/vocab.py): a hidden-state store trained on
+    without its tokenized folder gives the vocabulary build-dataset gives for the same rows, ties
+    included (equal supervised counts break by all-token count, then id; the fill past the
+    supervised ids goes by all-token count)."""
+    from datasets import Dataset
+
+    from draftsmith.data.vocab import build_vocab_mapping
+    from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
+
+    # supervised: 70 x3; 50, 60, 90 x1 each (a tie) — 60 also appears 3 times unsupervised;
+    # unsupervised only: 80 x2, then 5 and 7 x1 (a tie: the lower id first)
+    rows = [([5, 60, 60, 60, 7, 50, 60, 70, 70], [0, 0, 0, 0, 0, 1, 1, 1, 1]),
+            ([5, 80, 80, 70, 90], [0, 0, 0, 1, 1])]
+    data = tmp_path / "tokenized"
+    Dataset.from_dict({"id": ["a", "b"], "input_ids": [r[0] for r in rows],
+                       "loss_mask": [r[1] for r in rows]}).save_to_disk(str(data))
+    store = tmp_path / "store"
+    run_hidden_states(HiddenStatesConfig(model_path=str(tiny_llama_dir), data_path=str(data), output_path=str(store),
+                                         dtype="float32", codec="bf16", batch_size=2, aux_layers=AUX, device="cpu",
+                                         progress=False))
+    expected = {2: [60, 70], 6: [5, 50, 60, 70, 80, 90]}
+    for vd, ids in expected.items():
+        built = build_vocab_mapping(data, target_vocab_size=49152, draft_vocab_size=vd)
+        assert built.draft_to_target.tolist() == ids
+        trainer = Trainer(TrainConfig(mode="offline", target_model_path=str(tiny_llama_dir),
+                                      train_hidden_states_path=str(store), output_dir=str(tmp_path / f"run{vd}"),
+                                      draft_vocab_size=vd, batch_size=1, device="cpu", progress=False))
+        assert trainer.setup.data_dir is None                      # the store's rows, not the folder
+        assert trainer.draft.draft_to_target.tolist() == ids
+        assert torch.equal(trainer.draft.t2d, built.t2d)

@@ -6,10 +6,16 @@ distinct supervised ids than that, the rest is filled with the most frequent oth
 ids of the whole dataset, then the lowest unused ids: never a duplicate. The mapping
 is saved beside the dataset (safetensors, keyed by the two sizes and the dataset's
 build key) so a second call is instant and a rebuilt dataset never reuses it.
+
+This module is the one owner of the selection (`select_draft_vocab`, reached through
+`mapping_from_counts`) and of its digest (`vocab_digest`): build-dataset, hidden-states
+(a top-K store's vocab) and the trainer (from a tokenized folder or from a feature store's
+rows) all call them, so the same data gives the same vocabulary everywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +76,20 @@ def select_draft_vocab(supervised_counts: np.ndarray, all_counts: np.ndarray, dr
     return np.sort(order[:draft_vocab_size])
 
 
+def mapping_from_counts(supervised: np.ndarray, every: np.ndarray, target_vocab_size: int, draft_vocab_size: int,
+                        path: Path | None = None) -> VocabMapping:
+    """The mapping `select_draft_vocab` picks from (supervised, all-token) counts per target id."""
+    chosen = select_draft_vocab(supervised, every, draft_vocab_size)
+    total = int(supervised.sum())
+    coverage = float(supervised[chosen].sum() / total) if total else 0.0
+    return VocabMapping.from_draft_to_target(torch.from_numpy(chosen), target_vocab_size, coverage, path)
+
+
+def vocab_digest(draft_to_target: torch.Tensor) -> str:
+    """sha256 of the draft's target ids (int64 bytes): what a top-K feature store records of its vocab."""
+    return hashlib.sha256(draft_to_target.long().cpu().numpy().tobytes()).hexdigest()
+
+
 def token_counts(dataset_path: str | Path, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(supervised counts, all-token counts) per target id over a built dataset."""
     from datasets import load_from_disk
@@ -112,10 +132,7 @@ def build_vocab_mapping(dataset_path: str | Path, target_vocab_size: int, draft_
         if cached_key == key:
             return VocabMapping.load(path)
     supervised, every = token_counts(dataset_path, target_vocab_size)
-    chosen = select_draft_vocab(supervised, every, draft_vocab_size)
-    total = int(supervised.sum())
-    coverage = float(supervised[chosen].sum() / total) if total else 0.0
-    vm = VocabMapping.from_draft_to_target(torch.from_numpy(chosen), target_vocab_size, coverage, path)
+    vm = mapping_from_counts(supervised, every, target_vocab_size, draft_vocab_size, path)
     vm.save(path, {"dataset_key": key, "draft_vocab_size": str(draft_vocab_size),
                    "target_vocab_size": str(target_vocab_size)})
     return vm

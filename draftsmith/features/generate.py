@@ -426,9 +426,9 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
             draft_to_target = _draft_vocab(cfg, data_dir, target.vocab_size) if info.is_main else None
             draft_to_target = dist.broadcast_object(draft_to_target)
         draft_to_target = draft_to_target.long()
-        import hashlib
+        from draftsmith.data.vocab import vocab_digest as digest
 
-        vocab_digest = hashlib.sha256(draft_to_target.numpy().tobytes()).hexdigest()
+        vocab_digest = digest(draft_to_target)
     logit_bytes = torch.empty((), dtype=target.dtype).element_size()
     bpt = bytes_per_token(cfg.codec, target.hidden_size, len(target.aux_layers), topk, 1.0, logit_bytes)
     shard_tokens = max(1, int(cfg.shard_mb * 2 ** 20 / bpt))

@@ -160,7 +160,7 @@ class FeatureStore(Dataset):
 
     @property
     def draft_vocab_digest(self) -> str | None:
-        """sha256 of a top-K store's draft_to_target ids (int64 bytes): which draft vocab its top-K is over."""
+        """Which draft vocab a top-K store is over: data/vocab.py `vocab_digest` of its draft_to_target."""
         return self.manifest.get("settings", {}).get("draft_vocab")
 
     @property

@@ -17,11 +17,11 @@ checkpoint files alone (`load_target_weights`), without building the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from draftsmith.errors import DraftsmithError
@@ -188,9 +188,17 @@ def _find_tensor(files: dict[str, Path], suffix: str) -> torch.Tensor | None:
         return f.get_tensor(names[0])
 
 
-def draft_vocab_digest(draft_to_target: torch.Tensor) -> str:
-    """The digest the feature store records for its top-K draft vocabulary."""
-    return hashlib.sha256(draft_to_target.long().cpu().numpy().tobytes()).hexdigest()
+
+def store_token_counts(store, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(supervised, all-token) counts per target id over a feature store's rows (data/vocab.py's inputs)."""
+    supervised = np.zeros(vocab_size, dtype=np.int64)
+    every = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(len(store)):
+        raw = store.raw(i)
+        ids = raw["input_ids"].long().numpy()
+        every += np.bincount(ids, minlength=vocab_size)
+        supervised += np.bincount(ids[raw["loss_mask"].bool().numpy()], minlength=vocab_size)
+    return supervised, every
 
 
 # ----- the one place that builds the sources -----------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 
 from draftsmith import dist
 from draftsmith.draft.config import Eagle3Config
+from draftsmith.data.vocab import vocab_digest
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import InputError
 from draftsmith.fsutil import write_json_atomic
@@ -39,7 +40,7 @@ from draftsmith.train.config import TrainConfig
 from draftsmith.train.evaluate import BestTracker, decode_tau, selection_figure
 from draftsmith.train.metrics import MetricsLogger
 from draftsmith.train.parallel import parallelize
-from draftsmith.train.sources import SourceSetup, build_sources, draft_vocab_digest
+from draftsmith.train.sources import SourceSetup, build_sources, store_token_counts
 from draftsmith.train.ttt import summarize, ttt_forward
 
 log = get_logger(__name__)
@@ -150,7 +151,7 @@ class Trainer:
         vd = min(cfg.draft_vocab_size, setup.vocab_size)
         d2t, t2d = self._vocab_mapping(setup, vd)
         if setup.topk_draft_vocab is not None:
-            want, got = setup.store.draft_vocab_digest, draft_vocab_digest(torch.arange(vd) + d2t)
+            want, got = setup.store.draft_vocab_digest, vocab_digest(torch.arange(vd) + d2t)
             if want and want != got:
                 raise InputError("the store's top-K draft vocabulary differs from the one built from the data "
                                  "(give the --train-data-path the store was made from)",
@@ -185,10 +186,11 @@ class Trainer:
     def _vocab_mapping(self, setup: SourceSetup, vd: int) -> tuple[torch.Tensor, torch.Tensor]:
         if vd >= setup.vocab_size:
             return torch.zeros(setup.vocab_size, dtype=torch.long), torch.ones(setup.vocab_size, dtype=torch.bool)
-        if setup.data_dir is None:
-            return vocab_from_store(setup.store, setup.vocab_size, vd)
-        from draftsmith.data.vocab import build_vocab_mapping
+        from draftsmith.data.vocab import build_vocab_mapping, mapping_from_counts
 
+        if setup.data_dir is None:    # a hidden-state store alone: the same selection over its rows
+            vm = mapping_from_counts(*store_token_counts(setup.store, setup.vocab_size), setup.vocab_size, vd)
+            return vm.d2t, vm.t2d
         if self.info.is_main:
             vm = build_vocab_mapping(str(setup.data_dir), target_vocab_size=setup.vocab_size, draft_vocab_size=vd)
         dist.barrier()
@@ -381,20 +383,6 @@ class Trainer:
     def close(self) -> None:
         if self.target is not None:
             self.target.close()
-
-
-def vocab_from_store(store, vocab_size: int, draft_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draft vocabulary = the most frequent supervised tokens of the store (ties: lower id)."""
-    counts = torch.zeros(vocab_size, dtype=torch.long)
-    for i in range(len(store)):
-        raw = store.raw(i)
-        ids = raw["input_ids"].long()[raw["loss_mask"].bool()]
-        counts += torch.bincount(ids, minlength=vocab_size)
-    order = torch.argsort(-counts, stable=True)[:draft_vocab_size]
-    chosen = order.sort().values
-    t2d = torch.zeros(vocab_size, dtype=torch.bool)
-    t2d[chosen] = True
-    return chosen - torch.arange(draft_vocab_size), t2d
 
 
 def train(cfg: TrainConfig) -> dict:
