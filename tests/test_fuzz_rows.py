@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from draftsmith.data import rowerrors
+from draftsmith.data import formats, rowerrors
 from draftsmith.data.build import BuildConfig, build_dataset
 from draftsmith.data.formats import RowLimits, iter_records
 from draftsmith.data.prepare import PrepareConfig, prepare_data
@@ -126,7 +126,7 @@ def _assert_reasons_known(reasons) -> None:
 
 
 # ------------------------------------------------------------------ readers
-@FUZZ
+@settings(FUZZ, max_examples=200)
 @given(st.binary(max_size=300), st.sampled_from(["a.jsonl", "a.json"]))
 def test_readers_never_raise_on_random_bytes(tmp_path_factory, data, name):
     path = tmp_path_factory.mktemp("bytes") / name
@@ -153,6 +153,49 @@ def test_readers_keep_every_valid_row_in_both_layouts(tmp_path_factory, data, la
         assert row in values
 
 
+@settings(FUZZ, max_examples=100)
+@given(datasets(), st.integers(1, 64))
+def test_array_reader_is_independent_of_its_chunk_size(tmp_path_factory, data, chunk):
+    """The streaming array parser (refills, the skipping scanner, escapes cut between chunks)
+    reads the same records from 1-byte-and-up chunks as from one big chunk."""
+    lines, _ = data
+    path = tmp_path_factory.mktemp("chunks") / "a.json"
+    path.write_bytes(b"[\n" + b",\n".join(line for line in lines if _is_json(line)) + b"\n]")
+
+    def read(size: int) -> list:
+        with open(path, "rb") as f:
+            return list(formats._iter_json_array(f, str(path), size, LIMITS))
+
+    assert read(chunk) == read(1 << 22)
+
+
+def test_parquet_rows_over_the_limits_or_not_unicode_cost_only_themselves(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def conv(content: str) -> list[dict]:
+        return [{"role": "user", "content": content}, {"role": "assistant", "content": "yo"}]
+
+    ids = ["a", "nul", "big", "bad", "b"]
+    contents = ["hi", "a\x00b", "x" * (2 * LIMITS.max_row_bytes), "fine", "hi"]
+    table = pa.Table.from_pylist([{"id": i, "conversations": conv(c)} for i, c in zip(ids, contents)])
+    raw = b"".join(i.encode() for i in ids).replace(b"bad", b"b\xffd")  # a string column holding non-UTF-8 bytes
+    offsets = pa.array([0, 1, 4, 7, 10, 11], pa.int32()).buffers()[1]
+    table = table.set_column(0, "id", pa.Array.from_buffers(pa.string(), 5, [None, offsets, pa.py_buffer(raw)]))
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, path)
+    records = list(iter_records(path, limits=LIMITS))
+    assert [(r.index, r.error) for r in records] == [
+        (0, None), (1, rowerrors.INVALID_UNICODE), (2, rowerrors.TOO_LARGE), (3, rowerrors.INVALID_UNICODE), (4, None)]
+    assert records[1].detail == "NUL character in conversations[0].content"
+    assert [r.value["id"] for r in records if r.error is None] == ["a", "b"]
+
+    deep = tmp_path / "deep.parquet"  # the schema alone decides: every row is too deep, none is decoded
+    pq.write_table(pa.Table.from_pylist([{"id": "d", "v": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}] * 3), deep)
+    assert [(r.index, r.error) for r in iter_records(deep, limits=LIMITS)] == [(i, rowerrors.TOO_DEEP) for i in range(3)]
+    assert all(r.error is None for r in iter_records(deep))  # within the default depth
+
+
 def _is_json(line: bytes) -> bool:
     try:
         json.loads(line.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
@@ -162,7 +205,7 @@ def _is_json(line: bytes) -> bool:
 
 
 # ------------------------------------------------------------------ stages
-@FUZZ
+@settings(FUZZ, max_examples=150)
 @given(datasets())
 def test_prepare_and_validate_survive_any_rows(tmp_path_factory, data):
     lines, valid = data
