@@ -98,7 +98,8 @@ def scaling_problems(scaling: Mapping[str, Any] | None) -> list[tuple[str, tuple
     mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
     if rope_type == "yarn" and (mscale is not None and mscale_all is not None) != bool(mscale and mscale_all):
         out.append((f"yarn mscale={mscale!r}, mscale_all_dim={mscale_all!r}: SGLang applies them when both are "
-                    "set (yarn.py:124-130), vLLM only when both are non-zero (yarn_scaling_rope.py)", _BOTH))
+                    "set (srt/layers/rotary_embedding/yarn.py:122-131), vLLM only when both are non-zero "
+                    "(rotary_embedding/yarn_scaling_rope.py:38-46)", _BOTH))
     partial = scaling.get("partial_rotary_factor", 1.0)
     if not isinstance(partial, (int, float)) or not 0 < partial <= 1:
         out.append((f"partial_rotary_factor {partial!r} outside (0, 1]", _BOTH))
