@@ -195,11 +195,45 @@ def test_yaml_config_equals_flags(tmp_path):
         ["--mode", "offline", "--train-hidden-states-path", "/s", "--learning-rate", "0.0005",
          "--ttt-length", "5", "--batch-size", "4"]))
     assert from_yaml == from_flags and from_yaml.batch_size == 4
-    yaml_path.write_text("learning-rat: 1\n")
-    from draftsmith.errors import InputError
-
-    with pytest.raises(InputError, match="learning-rat"):
+    yaml_path.write_text("mode: offline\nlearning-rat: 1\n")
+    with pytest.raises(InputError, match="learning-rat") as err:
         cli.config_from_args(parser.parse_args(["--config", str(yaml_path)]))
+    assert err.value.line == 2
+
+
+def test_yaml_config_values_are_typed_and_print_config_reads_back(tmp_path, capsys):
+    """PyYAML reads `1e-4` as a string: the file's values become the fields' types; a value of the
+    wrong type names its key and line; --print-config emits YAML that --config reads back."""
+    import argparse
+
+    import yaml
+
+    from draftsmith.train import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    path = tmp_path / "run.yaml"
+    path.write_text("mode: offline\ntrain_hidden_states_path: /s\nlearning_rate: 1e-4\nweight-decay: 1e-2\n"
+                    "aux_layers: 1,2,3\nmax_steps: null\nearly_stop: 3\n")
+    assert isinstance(yaml.safe_load(path.read_text())["learning_rate"], str)     # the PyYAML behaviour
+    cfg = cli.config_from_args(parser.parse_args(["--config", str(path)]))
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float) and cfg.weight_decay == 0.01
+    assert cfg.aux_layers == [1, 2, 3] and cfg.max_steps is None and cfg.early_stop == 3
+    assert cli.run(parser.parse_args(["--config", str(path), "--batch-size", "4", "--print-config"])) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    again = cli.config_from_args(parser.parse_args(["--config", str(printed)]))
+    assert again == TrainConfig(**{**cfg.__dict__, "batch_size": 4})
+    json_path = tmp_path / "run.json"
+    json_path.write_text('{"mode": "offline", "train-hidden-states-path": "/s", "learning_rate": "3e-4"}')
+    assert cli.config_from_args(parser.parse_args(["--config", str(json_path)])).learning_rate == 3e-4
+    for bad, key, line in (("mode: offline\nbatch_size: two\n", "batch_size", 2),
+                           ("ttt_length: 1.5\n", "ttt_length", 1), ("progress: 0\n", "progress", 1),
+                           ("learning_rate: fast\n", "learning_rate", 1), ("mode: null\n", "mode", 1)):
+        path.write_text(bad)
+        with pytest.raises(InputError, match="expected") as err:
+            cli.config_from_args(parser.parse_args(["--config", str(path)]))
+        assert (err.value.field, err.value.line) == (key, line)
 
 
 def test_best_keeps_the_planted_tau_peak_and_early_stops(setup, tmp_path, monkeypatch):

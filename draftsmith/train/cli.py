@@ -1,7 +1,8 @@
-"""The `train` stage: flags (or a YAML file with the same keys) -> `TrainConfig` -> `train`.
+"""The `train` stage: flags (or a YAML / JSON file with the same keys) -> `TrainConfig` -> `train`.
 
 `--config run.yaml` holds any of the flags by name (`learning-rate: 1e-4` or
-`learning_rate: 1e-4`); flags given on the command line win over the file.
+`learning_rate: 1e-4`, converted to the field's type by train/config.py); flags given on
+the command line win over the file. `--print-config` prints the resolved config as YAML.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from draftsmith.errors import InputError
 from draftsmith.logs import get_logger
 from draftsmith.target.dtype import DTYPE_HELP
-from draftsmith.train.config import TrainConfig
+from draftsmith.train.config import TrainConfig, read_config_file, to_yaml
 from draftsmith.train.trainer import train
 
 _DEFAULTS = TrainConfig()
@@ -27,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.argument_default = argparse.SUPPRESS
     p.epilog = "defaults: " + ", ".join(f"--{f.name.replace('_', '-')}={getattr(_DEFAULTS, f.name)}"
                                         for f in dataclasses.fields(TrainConfig))
-    p.add_argument("--config", help="YAML file with any of these flags as keys")
+    p.add_argument("--config", help="YAML or JSON file with any of these flags as keys (values checked against "
+                                    "their types; flags given here win)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML (readable by --config) and exit")
     p.add_argument("--mode", choices=["online", "offline"],
                    help="online: the target runs in the loop; offline: read a feature store")
     g = p.add_argument_group("data")
@@ -102,39 +105,21 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=path, field="--config") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise InputError(f"invalid YAML: {e}", path=path, line=None if line is None else line + 1) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping of flag names to values", path=path)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise InputError("unknown training option", path=path, field=str(key))
-        out[name] = value
-    return out
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults <- the --config YAML <- flags given on the command line."""
     given = vars(args).copy()
-    values = _read_yaml(Path(given.pop("config"))) if given.get("config") else {}
+    values = read_config_file(Path(given.pop("config"))) if given.get("config") else {}
     given.pop("config", None)
+    given.pop("print_config", None)
     values.update(given)
     return TrainConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if getattr(args, "print_config", False):
+        print(to_yaml(cfg), end="")
+        return 0
     result = train(cfg)
     if result.get("eval") is not None:
         ev = result["eval"]

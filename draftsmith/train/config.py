@@ -1,12 +1,18 @@
 """`TrainConfig`: every setting of a training run, with its default and its checks.
 
-The dataclass is the single source of the `train` stage's settings: train/cli.py derives
-`--config` file keys from its fields, and `validate()` names the flag of a bad value.
+The dataclass is the single source of the `train` stage's settings: a `--config` file
+(YAML, or JSON, which YAML reads too) holds any of its fields by name, `learning_rate` or
+`learning-rate`; each value is converted to the field's type (`coerce`: PyYAML 1.1 reads
+`1e-4` as a string, which becomes the float 0.0001) and an unknown key or a value of the
+wrong type is an error naming the file, line and key. `to_yaml` writes the resolved config
+(`train --print-config`) in the form `read_config_file` reads back. `validate()` checks the
+values together and names the flag of a bad one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from draftsmith.errors import InputError
 from draftsmith.target.dtype import NAMES as DTYPE_NAMES
@@ -89,3 +95,102 @@ class TrainConfig:
             raise InputError("must be auto, blockwise, sdpa or flex", field="--attention")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise InputError("must be none, tensorboard or wandb", field="--report-to")
+
+
+# ----- config files: YAML (or JSON, a subset of YAML) checked against the field types -------------
+
+def _field_types() -> dict[str, object]:
+    import typing
+
+    return typing.get_type_hints(TrainConfig)
+
+
+def _expect(kind) -> str:
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    inner = args[0] if args else kind
+    label = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        inner, "a list of integers")
+    return label + (" or null" if type(None) in typing.get_args(kind) else "")
+
+
+def coerce(name: str, value, kind=None):
+    """`value` as the type of field `name` (PyYAML reads `1e-4` as a string: it becomes 0.0001);
+    ValueError when it is not one."""
+    import typing
+
+    kind = kind if kind is not None else _field_types()[name]
+    args = typing.get_args(kind)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"expected {_expect(kind)}, got null")
+    if args and type(None) in args:           # X | None
+        kind = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(kind)
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError(f"expected a list of integers, got {value!r}")
+        return [coerce(name, v.strip() if isinstance(v, str) else v, int) for v in items if v != ""]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"expected {_expect(kind)}, got {value!r}")
+
+
+def read_config_file(path: Path) -> dict:
+    """The settings of a YAML / JSON file, keys as field names (`learning-rate` or `learning_rate`),
+    values converted to the field types. Errors name the file, the line and the key."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path, field="--config") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise InputError(f"invalid YAML: {e}", path=path, line=None if line is None else line + 1) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of option names to values", path=path)
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+    types = _field_types()
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in types:
+            raise InputError("unknown training option", path=path, line=lines.get(str(key)), field=str(key))
+        try:
+            out[name] = coerce(name, value, types[name])
+        except ValueError as e:
+            raise InputError(str(e), path=path, line=lines.get(str(key)), field=str(key)) from None
+    return out
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML that `read_config_file` reads back to an equal TrainConfig."""
+    import yaml
+
+    return yaml.safe_dump(asdict(cfg), sort_keys=False, default_flow_style=False)
