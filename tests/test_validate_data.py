@@ -56,6 +56,13 @@ def with_messages(*messages) -> dict:
     (with_messages({"role": "user", "content": ["q"]}), "conversation", "content is not a string",
      "conversations[0].content"),
     (with_messages({"role": "user", "content": "q"}), "conversation", "no assistant reply", "conversations"),
+    (with_messages({"role": None, "content": "q"}), "conversation", "role is not a string", "conversations[0].role"),
+    (with_messages({"role": "x" * 40, "content": "q"}), "conversation", f"unknown role '{'x' * 32}'",
+     "conversations[0].role"),
+    (with_messages({"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}), "conversation",
+     "no user message", "conversations"),
+    (with_messages({"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}), "conversation",
+     "no assistant reply after a user message", "conversations"),
 ])
 def test_check_row_kinds_and_reasons(row, kind, reason, field):
     assert check_row(row) == (kind, reason)
@@ -227,3 +234,34 @@ def test_rows_in_other_chat_shapes_point_to_prepare_data(tmp_path, capsys):
     assert report.invalid == 3 and report.warnings["invalid here, but prepare-data can normalize it"].count == 2
     assert run_command("validate-data", [str(path)]) == 1
     assert "hint: `draftsmith prepare-data --data-path FILE`" in capsys.readouterr().out
+
+
+def test_leading_replies_are_a_warning_and_build_dataset_drops_them(tmp_path, capsys):
+    """The leading-reply policy (#16.4) as validate-data reports it: the row is valid, its
+    replies before the first user message are counted as a warning."""
+    lead = with_messages({"role": "assistant", "content": "orphan"}, {"role": "user", "content": "q"},
+                         {"role": "assistant", "content": "a"})
+    path = write_lines(tmp_path / "lead.jsonl", [GOOD, {**lead, "id": "lead"}])
+    report = validate_files([path])
+    assert report.ok and report.rows == 2
+    assert report.warnings["replies before the first user message (build-dataset drops them)"].examples == [
+        f"{path}:2"]
+
+
+def test_limit_flags_are_spelled_the_same_in_every_data_stage(tmp_path, capsys):
+    from draftsmith.cli import build_parser
+
+    defaults = None
+    for command, required in [("prepare-data", []), ("validate-data", ["f.jsonl"]),
+                              ("build-dataset", ["--data-path", "d", "--tokenizer", "t"]),
+                              ("regenerate-data", ["--model-path", "m", "--data-path", "d", "--output-path", "o"])]:
+        args = build_parser(command)[0].parse_args(required)
+        got = (args.max_row_bytes, args.max_row_depth)
+        assert defaults in (None, got), command
+        defaults = got
+    deep = write_lines(tmp_path / "deep.jsonl", [GOOD, {**GOOD, "id": "d", "meta": [[["x"]]]}])
+    assert run_command("validate-data", [str(deep), "--max-row-depth", "3"]) == 1
+    assert "nesting too deep" in capsys.readouterr().out
+    assert run_command("validate-data", [str(deep), "--max-row-depth", "4"]) == 0
+    assert run_command("validate-data", [str(deep), "--max-row-depth", "501"]) == 2
+    assert "--max-row-depth must be between 1 and 500" in capsys.readouterr().err
