@@ -280,3 +280,20 @@ def test_supervised_text_is_exactly_the_replies_after_the_first_user(tmp_path, t
         first_user = next(i for i, m in enumerate(conv) if m["role"] == "user")
         expected = [m["content"] + eot for m in conv[first_user:] if m["role"] == "assistant"]
         assert _supervised_runs(tok, built[name]["input_ids"], built[name]["loss_mask"]) == expected, name
+
+
+def test_stages_that_read_conversations_skip_hostile_rows_and_say_so(tmp_path, capsys):
+    """hidden-states and train tokenize conversations through load_tokenized (#12): a row nested
+    100,000 levels deep and one with a lone surrogate cost those rows, never the run."""
+    from draftsmith.data.build import load_tokenized
+
+    conv = '"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]'
+    path = write_jsonl(tmp_path / "hostile.jsonl", [
+        {"id": "ok", "conversations": SINGLE},
+        '{"id": "deep", ' + conv + ', "meta": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"id": "sur", "conversations": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "x"}]}'])
+    ds, folder = load_tokenized(path, tokenizer=str(tokenizer_path("smollm2")), chat_template=None, max_length=256,
+                                is_preformatted=False, flag="--data-path")
+    assert ds["id"] == ["ok"]
+    assert capsys.readouterr().err.strip() == (
+        f"--data-path {path}: 2 of 3 rows skipped (1 invalid Unicode, 1 nesting too deep); see {folder / 'skipped.jsonl'}")

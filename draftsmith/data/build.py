@@ -444,7 +444,8 @@ def load_tokenized(data_path: str | Path, *, tokenizer: str | None, chat_templat
                    is_preformatted: bool, flag: str = "--data-path"):
     """(dataset, folder) for a stage's data flag: an existing tokenized dataset ✱ (its `train`
     split for a DatasetDict), or conversations / pre-formatted rows built here (cached by inputs).
-    The hidden-states stage and the trainer both read their input through this."""
+    The hidden-states stage and the trainer both read their input through this: bad rows are
+    skipped as build-dataset skips them, and a line on stderr counts them per reason."""
     from datasets import load_from_disk
 
     path = Path(data_path)
@@ -457,6 +458,10 @@ def load_tokenized(data_path: str | Path, *, tokenizer: str | None, chat_templat
                                            chat_template=chat_template or "hf", max_length=max_length,
                                            is_preformatted=is_preformatted, output=None))
         path = Path(result.path)
+        if result.report["skipped"]:  # the stage goes on without them, and says so
+            reasons = ", ".join(f"{n} {r}" for r, n in result.report["skipped_by_reason"].items())
+            print(f"{flag} {data_path}: {result.report['skipped']} of {result.report['rows_in']} rows skipped "
+                  f"({reasons}); see {path / SKIPPED}", file=sys.stderr)
     ds = load_from_disk(str(path))
     if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
         if "train" not in ds:
