@@ -244,7 +244,7 @@ def full_vocab_argmax(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tens
     target ids), in the head's dtype like the target's own lm_head, chunked so that at most
     LOGITS_CHUNK_ELEMENTS logits exist at once."""
     out = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
-    chunk = max(1, LOGITS_CHUNK_ELEMENTS // lm_head.shape[0])
+    chunk = max(1, LOGITS_CHUNK_ELEMENTS * (16 if hidden.is_cuda else 1) // lm_head.shape[0])
     for a in range(0, hidden.shape[0], chunk):
         out[a:a + chunk] = (hidden[a:a + chunk].to(lm_head.dtype) @ lm_head.T).float().argmax(-1)
     return out
