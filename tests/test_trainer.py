@@ -259,7 +259,8 @@ def test_best_keeps_the_planted_tau_peak_and_early_stops(setup, tmp_path, monkey
     assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12]
     assert [e["best_step"] for e in evals] == [2, 4, 6, 6, 6, 6]
     assert len(_metrics(out)) == 12
-    best, peak = load_file(str(out / "best" / "model.safetensors")), load_file(str(out / "step_6" / "model.safetensors"))
+    best = load_file(str(out / "best" / "model.safetensors"))
+    peak = load_file(str(out / "step_6" / "model.safetensors"))
     assert best.keys() == peak.keys() and all(torch.equal(best[k], peak[k]) for k in best)
     later = load_file(str(out / "final" / "model.safetensors"))
     assert not torch.equal(later["fc.weight"], best["fc.weight"])
@@ -278,6 +279,8 @@ def test_best_keeps_the_planted_tau_peak_and_early_stops(setup, tmp_path, monkey
     assert [r["step"] for r in b] == list(range(1, 13))
     for ra, rb in zip(a, b):
         assert ra["loss_k"] == pytest.approx(rb["loss_k"], rel=1e-6, abs=1e-7), ra["step"]
+    # a run that stopped early stays stopped when resumed
+    assert train(_offline(setup, again, resume="latest", **cfg))["global_step"] == 12
 
 
 def test_held_out_split_with_real_decoding(setup, tmp_path):

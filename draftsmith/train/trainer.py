@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from draftsmith import dist
-from draftsmith.draft.config import Eagle3Config
 from draftsmith.data.vocab import vocab_digest
+from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import InputError
 from draftsmith.fsutil import write_json_atomic
@@ -110,7 +110,9 @@ class Trainer:
         self.train_source, self.eval_source, self.target = self.setup.train, self.setup.eval, self.setup.target
         self._check_eval_options()
         self.draft, target_head, full_head = self._build_draft(self.setup)
-        attention = cfg.attention if cfg.attention != "auto" else ("flex" if self.device.type == "cuda" else "blockwise")
+        attention = cfg.attention
+        if attention == "auto":
+            attention = "flex" if self.device.type == "cuda" else "blockwise"
         self.module = TTTModule(self.draft, target_head, cfg.ttt_length, cfg.loss_decay, attention, full_head)
         self.model = parallelize(self.module, self.info, cfg.parallel)
         self.optimizer = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad],
@@ -312,6 +314,8 @@ class Trainer:
                 resumed = self.global_step
                 log.info("resumed from %s at step %d", path, self.global_step)
         stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        if self.best.exhausted(cfg.early_stop):      # resumed from a run that had stopped early
+            stop_at = self.global_step
         if self.info.is_main:
             write_json_atomic(self.output_dir / "train_config.json", asdict(cfg))
         self.metrics.open(resumed, stop_at, cfg.progress)
@@ -324,16 +328,17 @@ class Trainer:
         while self.global_step < stop_at and self.epoch < cfg.num_epochs:
             batches = epoch_batches(len(self.train_source), cfg.batch_size, self.epoch, cfg.seed,
                                     self.dp_rank, self.dp_size)
-            usable = self.steps_per_epoch * cfg.gradient_accumulation_steps
+            accum = cfg.gradient_accumulation_steps
+            usable = self.steps_per_epoch * accum
             while self.batch_in_epoch < usable and self.global_step < stop_at:
                 # one micro-batch: forward + backward (gradients synchronized on the last one)
                 t0 = time.perf_counter()
                 batch = self.train_source.batch(batches[self.batch_in_epoch], self.device)
-                last_micro = self.batch_in_epoch % cfg.gradient_accumulation_steps == cfg.gradient_accumulation_steps - 1
+                last_micro = self.batch_in_epoch % accum == accum - 1
                 with self._grad_sync(last_micro):
                     with self._autocast():
                         r = self.model(batch)
-                    (r.loss / cfg.gradient_accumulation_steps).backward()
+                    (r.loss / accum).backward()
                 acc = [a + b for a, b in zip(acc, metric_sums(r) + [float(batch["attention_mask"].sum())])]
                 served = served and r.correct_served is not None
                 self.batch_in_epoch += 1
