@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-dataset": ("draftsmith.data.build", "tokenize + loss-mask conversations with a chat template"),
     "hidden-states": ("draftsmith.features.generate", "run the target and store EAGLE-3 features"),
     "train": ("draftsmith.train.cli", "train the EAGLE-3 draft (online or offline)"),
+    "estimate-memory": ("draftsmith.train.memory", "predict the peak memory of a training step (fake tensors)"),
     "export": ("draftsmith.export", "export a checkpoint for SGLang / vLLM"),
     "inspect": ("draftsmith.inspect", "show what a checkpoint folder holds and whether it will load"),
     "eval": ("draftsmith.eval.cli", "acceptance length by real speculative decoding"),
