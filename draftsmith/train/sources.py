@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from draftsmith.errors import DraftsmithError
+from draftsmith import dist
+from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.train.evaluate import SubsetSource, holdout_split
 
 
 def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -247,7 +249,6 @@ def build_sources(cfg, info, dtype: torch.dtype) -> SourceSetup:
 def _offline(cfg, info, dtype: torch.dtype) -> SourceSetup:
     from transformers import AutoConfig
 
-    from draftsmith.errors import InputError
     from draftsmith.features import FeatureStore
 
     store = FeatureStore.open(cfg.train_hidden_states_path)
@@ -278,9 +279,7 @@ def _offline(cfg, info, dtype: torch.dtype) -> SourceSetup:
 
 def _tokenized(cfg, info, path: str | None, flag: str, model_path: str | None = None):
     """(dataset, folder) of tokenized rows; rank 0 builds (or finds) them first, the others then hit the cache."""
-    from draftsmith import dist
     from draftsmith.data.build import load_tokenized
-    from draftsmith.errors import InputError
 
     if not path:
         raise InputError("no data path given (a top-K store needs the tokenized data it was made from)", field=flag)
@@ -298,9 +297,6 @@ def _hold_out(cfg, setup: SourceSetup) -> SourceSetup:
     """--eval-holdout N: N training samples become the eval split (the draft vocab still counts them)."""
     if not cfg.eval_holdout:
         return setup
-    from draftsmith.errors import InputError
-    from draftsmith.train.evaluate import SubsetSource, holdout_split
-
     n = len(setup.train)
     if cfg.eval_holdout >= n:
         raise InputError(f"cannot hold out {cfg.eval_holdout} of {n} samples", field="--eval-holdout")
