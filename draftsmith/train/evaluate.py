@@ -8,7 +8,7 @@ out of the training set):
   full-vocab argmax, train/ttt.py), and `tau_draft_vocab` beside it;
 - with `--eval-decode N`, `decode_tau`: real greedy speculative decoding
   (eval/spec_decode.py, a chain of `--ttt-length` draft tokens per verify step) of the
-  first reply of N held-out rows, `decode_max_new_tokens` tokens each, tokens emitted per
+  first reply of N held-out rows, `--eval-decode-tokens` new tokens each, tokens emitted per
   target verify step (the prefill's token excluded, as eval/report.py counts).
 
 The figure that picks `best/` is `decode_tau` when decoding, else `tau` (else, for an old
