@@ -15,7 +15,7 @@ import pytest
 from draftsmith import resources
 from draftsmith.cli import run_command
 from draftsmith.data.conversation import check_row
-from draftsmith.data.formats import iter_records
+from draftsmith.data.formats import RowLimits, iter_records
 from draftsmith.data.prepare import PrepareConfig, eval_count, prepare_data
 from draftsmith.data.rowerrors import describe
 from draftsmith.data.validate import validate_files
@@ -168,6 +168,20 @@ def test_any_chat_shaped_hub_dataset_by_name(tmp_path, monkeypatch):
     assert read_jsonl(result.train_path) == [
         {"id": "no_robots-0", "conversations": conv(("user", "q"), ("assistant", "a"))},
         {"id": "keep", "conversations": conv(("user", "q2"), ("assistant", "a2"))}]
+
+
+def test_hub_rows_get_the_limits_and_unicode_policy_of_file_rows(tmp_path, monkeypatch):
+    import datasets
+
+    good = {"id": "ok", "conversations": conv(("user", "q"), ("assistant", "a"))}
+    rows = [good, {"id": "nul", "conversations": conv(("user", "q\x00"), ("assistant", "a"))},
+            {**good, "id": "deep", "meta": [[[[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]]]}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None, **kw: rows)
+    result = prepare(tmp_path, "org/chat", [], limits=RowLimits(max_row_depth=16))
+    assert [r["id"] for r in read_jsonl(result.train_path)] == ["ok"]
+    assert [(s["index"], s["reason"], s["detail"]) for s in read_jsonl(result.skipped_path)] == [
+        (1, "invalid Unicode", "NUL character in conversations[0].content"),
+        (2, "nesting too deep", "deeper than --max-row-depth 16 at meta[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]")]
 
 
 def test_hub_unreachable_names_the_dataset_and_data_path(tmp_path, monkeypatch, capsys):
