@@ -297,3 +297,35 @@ def test_stages_that_read_conversations_skip_hostile_rows_and_say_so(tmp_path, c
     assert ds["id"] == ["ok"]
     assert capsys.readouterr().err.strip() == (
         f"--data-path {path}: 2 of 3 rows skipped (1 invalid Unicode, 1 nesting too deep); see {folder / 'skipped.jsonl'}")
+
+
+def test_a_row_that_breaks_the_tokenizer_or_the_renderer_costs_only_itself(tmp_path, monkeypatch):
+    """The per-row fallbacks of build-dataset (#12): a batch whose tokenization fails is retried
+    row by row, and an unforeseen exception while rendering skips the row as `internal error`."""
+    from draftsmith.data import build, loss_mask
+
+    real_tokenize, real_render = loss_mask.tokenize_with_mask, build.get_template("qwen").render
+
+    def tokenize(backend, texts, spans):
+        if any("BOOM" in t for t in texts):
+            raise TypeError("cannot encode BOOM")
+        return real_tokenize(backend, texts, spans)
+
+    def render(self, messages, **kw):
+        if messages[-1]["content"] == "CRASH":
+            raise KeyError("renderer bug")
+        return real_render(messages, **kw)
+
+    monkeypatch.setattr(build, "tokenize_with_mask", tokenize)
+    monkeypatch.setattr(type(build.get_template("qwen")), "render", render)
+    rows = [{"id": "a", "conversations": SINGLE},
+            {"id": "boom", "conversations": [{"role": "user", "content": "BOOM"}, {"role": "assistant", "content": "x"}]},
+            {"id": "crash", "conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "CRASH"}]},
+            {"id": "b", "conversations": SYSTEM_MULTI}]
+    result = build_dataset(_cfg(write_jsonl(tmp_path / "d.jsonl", rows), chat_template="qwen"))
+    assert result.report["rows_out"] == 2
+    skipped = [json.loads(x) for x in (result.path / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["reason"], s["detail"]) for s in skipped] == [
+        ("boom", "tokenizer cannot encode the row", "TypeError: cannot encode BOOM"),
+        ("crash", "internal error", "KeyError: 'renderer bug'")]
+    assert load_from_disk(str(result.path))["id"] == ["a", "b"]
