@@ -2,14 +2,14 @@
 
 prepare-data, validate-data, regenerate-data and build-dataset (and hidden-states and
 train, which read conversations through `build.load_tokenized`) never stop on a bad row:
-the row is skipped with a `SkippedRow` entry ({"source", "line"/"index", "id"?, "reason",
-"field"?, "detail"?}) and counted per reason in the stage's summary. A `reason` is one
-of the stable strings below (a few carry one value, written `<role>` / `<N>` here); the
+the row is skipped with an entry {"source", "line"/"index", "id"?, "reason", "field"?,
+"detail"?} (the skipped files) and counted per reason in the stage's summary. A `reason`
+is one of the stable strings below (a few carry one value, written `<role>` / `<N>` here); the
 position, the field and the specifics go into the other keys, never into the reason.
 docs/custom-data.md lists this table; tests/test_fuzz_rows.py checks that the two agree
 and that every reason a stage writes is in it.
 
-Invalid Unicode policy (every stage, one place: `formats.check_value`): a row holding a
+Invalid Unicode policy (every stage, one place: the readers of formats.py): a row holding a
 lone UTF-16 surrogate (a "\\ud800" escape), a NUL character, bytes that are not UTF-8,
 or a byte-order mark anywhere but the start of the file is *rejected* with the reason
 `invalid Unicode`, never repaired: a repair would change the text the draft learns from
@@ -113,31 +113,6 @@ def lookup(reason: str) -> Reason | None:
     if found is not None:
         return found
     return next((r for r in _FAMILIES if r.pattern.match(reason)), None)
-
-
-@dataclass(frozen=True)
-class SkippedRow:
-    """One skipped row: where it is, why (a `TABLE` reason) and the specifics."""
-
-    source: str
-    reason: str
-    line: int | None = None
-    index: int | None = None
-    id: str | None = None
-    field: str | None = None
-    detail: str | None = None
-
-    def to_dict(self) -> dict:
-        """The skipped-file entry: None fields left out, keys in the documented order."""
-        out: dict = {"source": self.source}
-        for key in ("line", "index", "id"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        out["reason"] = self.reason
-        for key in ("field", "detail"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
 
 
 def describe(entry: dict) -> str:
