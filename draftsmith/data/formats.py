@@ -54,7 +54,9 @@ _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = " \t\n\r"
 _CORRUPT_GZIP = (EOFError, gzip.BadGzipFile, zlib.error)
 _MAX_DEPTH_CEILING = 500  # json.loads recurses once per level; Python's default limit is 1,000 frames
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# a JSON string, or an escape outside one: consuming `\x` pairs keeps an unterminated string's
+# escaped quotes from each starting a new match (quadratic time on `"\"\"\"...`)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|\\.', re.S)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _OPEN, _CLOSE = np.zeros(256, np.int64), np.zeros(256, np.int64)
 _OPEN[[ord("["), ord("{")]] = 1
