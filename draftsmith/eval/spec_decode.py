@@ -80,6 +80,15 @@ def _stop_index(tokens: list[int], eos: tuple[int, ...], budget: int) -> int:
     return keep
 
 
+def _with_cache(model, cache) -> dict:
+    """The KV-cache keyword of `model.forward`: `cache` from transformers 5.24 on, `past_key_values`
+    before (5.24 still accepts that name, with a deprecation warning; 5.23 and older ignore `cache`)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
 def _tree_mask(allow: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """bool [Q, S] -> additive 4D mask [1, 1, Q, S] in the model dtype (what HF accepts as a custom mask)."""
     zero = torch.zeros((), dtype=dtype, device=allow.device)
@@ -128,7 +137,7 @@ class _Target:
         """logits [T, V] (or [1, V]) and aux features [T, 3H] (or None) of `ids` appended to the cache."""
         mask = None if allow is None else _tree_mask(allow.to(self.device), self.dtype)
         out = self.model(input_ids=ids[None].to(self.device), position_ids=positions[None].to(self.device),
-                         attention_mask=mask, cache=self.cache, use_cache=True,
+                         attention_mask=mask, **_with_cache(self.model, self.cache), use_cache=True,
                          output_hidden_states=want_aux, logits_to_keep=1 if last_logits_only else 0)
         aux = None
         if want_aux:
@@ -325,7 +334,7 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, eos_token
     pos = 0
     while True:
         out = model(input_ids=ids, position_ids=torch.arange(pos, pos + ids.shape[1], device=device)[None],
-                    cache=cache, use_cache=True, logits_to_keep=1)
+                    **_with_cache(model, cache), use_cache=True, logits_to_keep=1)
         pos += ids.shape[1]
         token = int(out.logits[0, -1].argmax())
         tokens.append(token)
