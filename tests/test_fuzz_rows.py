@@ -260,6 +260,9 @@ _CORPUS = {  # file -> the reason its second row must get (its first row is vali
 }
 
 
+_DECODED_IDS = {"lone_surrogate.jsonl": "sur", "nul_escape.jsonl": "nul"}
+
+
 def test_corpus_is_complete():
     assert sorted(p.name for p in CORPUS.iterdir()) == sorted(_CORPUS)
 
@@ -278,7 +281,8 @@ def test_corpus_rows_are_skipped_with_their_reason_in_every_stage(tmp_path, name
         result = prepare_data(PrepareConfig(dataset="custom", data_path=[p], output_path=tmp_path / "out",
                                             overwrite=True, progress=False))
         assert (result.summary["written"], result.summary["skipped_by_reason"]) == (1, {reason: 1})
-        assert json.loads(result.skipped_path.read_text(encoding="utf-8"))["line"] == 2
+        entry = json.loads(result.skipped_path.read_text(encoding="utf-8"))
+        assert (entry["line"], entry.get("id")) == (2, _DECODED_IDS.get(name))  # the id when the row was decoded
         assert set(validate_files([p]).problems) == {reason}
         items = read_items(RegenerateConfig(model_path="", data_path=[p], output_path=tmp_path / "r"), skipped := [])
         assert (len(items), [s["reason"] for s in skipped]) == (1, [reason])

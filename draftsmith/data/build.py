@@ -253,7 +253,7 @@ def _read_rows(cfg: BuildConfig, skipped: list[dict], counts: Counter) -> Iterat
         counts["rows_in"] += 1
         where = {"source": rec.source, **rec.position()}
         if rec.error:
-            skipped.append({**where, "reason": rec.error, **({"detail": rec.detail} if rec.detail else {})})
+            skipped.append(rec.skip_entry())
             continue
         if isinstance(rec.value, dict) and isinstance(rec.value.get("id"), str):
             where["id"] = rec.value["id"]

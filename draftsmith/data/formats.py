@@ -112,6 +112,7 @@ class Record:
     value: object | None
     error: str | None = None
     detail: str | None = None
+    row_id: str | None = None  # the id of a row rejected after decoding, when it has a clean one
 
     def position(self) -> dict:
         """The row's position as the skipped-file fields: {"line": n} and/or {"index": i}."""
@@ -122,6 +123,16 @@ class Record:
             pos["index"] = self.index
         return pos
 
+    def skip_entry(self) -> dict:
+        """The skipped-file entry of an `error` record: source, position, id when known, reason, detail."""
+        entry = {"source": self.source, **self.position()}
+        if self.row_id is not None:
+            entry["id"] = self.row_id
+        entry["reason"] = self.error
+        if self.detail:
+            entry["detail"] = self.detail
+        return entry
+
     def checked(self, limits: RowLimits = DEFAULT_LIMITS) -> "Record":
         """This record, or an `error` record when its value breaks the depth or Unicode rules
         (rows from parquet and the hub, which arrive as Python objects)."""
@@ -130,7 +141,16 @@ class Record:
         problem = check_value(self.value, limits.max_row_depth)
         if problem is None:
             return self
-        return Record(self.source, self.line, self.index, None, *problem)
+        return _rejected(self.source, self.line, self.index, self.value, problem)
+
+
+def _rejected(source: str, line: int | None, index: int | None, value: object,
+              problem: tuple[str, str]) -> Record:
+    """The error record of a decoded row that breaks a rule, keeping its id when that is clean text."""
+    row_id = value.get("id") if isinstance(value, dict) else None
+    if not isinstance(row_id, str) or len(row_id) > 200 or _bad_text(row_id):
+        row_id = None
+    return Record(source, line, index, None, *problem, row_id=row_id)
 
 
 def check_value(value: object, max_depth: int | None = None) -> tuple[str, str] | None:
@@ -298,7 +318,7 @@ def _decode_line(raw: bytes, source: str, line: int, decode, max_depth: int) -> 
     if b"\\u" in raw:  # only an escape can put a lone surrogate or a NUL into valid UTF-8 JSON
         problem = check_value(value)
         if problem:
-            return Record(source, line, None, None, *problem)
+            return _rejected(source, line, None, value, problem)
     return Record(source, line, None, value)
 
 
@@ -454,7 +474,7 @@ def _iter_json_array(f: IO[bytes], source: str, chunk_bytes: int, limits: RowLim
                     (INVALID_UNICODE, "a byte-order mark before this element") if bom else None)
                 line += buf.count("\n", pos, end)
                 pos = end
-                yield Record(source, start_line, index, None, *problem) if problem else \
+                yield _rejected(source, start_line, index, value, problem) if problem else \
                     Record(source, start_line, index, value)
             index += 1
             sep = skip_ws()

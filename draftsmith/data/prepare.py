@@ -213,8 +213,7 @@ def _open_sources(preset: Preset, files: list[Path], limits: RowLimits) -> list[
 
 def _process(record: Record, ordinal: int, to_row: Callable[[object, int], object]) -> tuple:
     if record.error:
-        return ("skip", {"source": record.source, **record.position(), "reason": record.error,
-                         **({"detail": record.detail} if record.detail else {})})
+        return ("skip", record.skip_entry())
     row = None
     try:
         row = to_row(record.value, ordinal)

@@ -108,7 +108,7 @@ def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
         for rec in iter_records(path, limits=limits):
             where = {"source": rec.source, **rec.position()}
             if rec.error:
-                skipped.append({**where, "reason": rec.error, **({"detail": rec.detail} if rec.detail else {})})
+                skipped.append(rec.skip_entry())
                 continue
             try:
                 norm = normalize_row(rec.value)
