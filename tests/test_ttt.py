@@ -104,6 +104,22 @@ def test_blockwise_and_flex_attention_match_sdpa():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "blockwise"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(attention):
+    """--activation-checkpointing recomputes each step's layer in backward: same numbers."""
+    draft = small_draft()
+    batch = _batch(t=16)
+    head = torch.randn(300, 64)
+    runs = []
+    for checkpointing in (False, True):
+        draft.zero_grad()
+        r = ttt_forward(draft, batch, length=4, target_head=head, attention=attention, checkpointing=checkpointing)
+        r.loss.backward()
+        runs.append((r.loss.detach(), torch.cat([p.grad.flatten() for p in draft.parameters()])))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-6, atol=1e-7)
+
+
 def test_every_supervised_token_is_a_step0_target(tiny_llama_dir, tmp_path):
     """On a real tokenized dataset (ChatML, multi-turn): the tokens predicted at step 0 are
     exactly the supervised tokens t >= 2, including each reply's first token; at step k the

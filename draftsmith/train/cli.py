@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--attention", choices=["auto", "blockwise", "sdpa", "flex"],
                    help="TTT attention: flex (CUDA kernel, block-sparse), blockwise (causal + diagonal "
                         "scores), sdpa (explicit mask, reference); auto = flex on CUDA, else blockwise")
+    m.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each TTT step's layer in backward: ~2x less activation memory for one "
+                        "more layer forward (see `draftsmith estimate-memory`)")
     o = p.add_argument_group("optimization")
     o.add_argument("--num-epochs", type=int)
     o.add_argument("--max-steps", type=int,

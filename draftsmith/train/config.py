@@ -58,6 +58,7 @@ class TrainConfig:
     parallel: str = "ddp"                         # ddp | fsdp
     autocast: str = "auto"                        # auto (bf16 on CUDA and native-bf16 CPUs) | bf16 | off
     attention: str = "auto"                       # auto (flex on CUDA, else blockwise) | blockwise | sdpa | flex
+    activation_checkpointing: bool = False        # recompute each TTT step's layer in backward (long contexts)
     report_to: str = "none"                       # none | tensorboard | wandb
     resume: str | None = None                     # "latest" or a checkpoint folder
     trust_remote_code: bool = False

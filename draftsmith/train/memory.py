@@ -25,7 +25,8 @@ ttt.py) and `--attention flex` is traced through flex attention's own fake kerne
 and log-sum-exp only: what the fused CUDA kernel keeps). It does not count the CUDA
 context (~0.5 GiB), cuBLAS / kernel workspaces, or the caching allocator's fragmentation
 (reserved memory typically runs 5–15 % above the live peak). `--mode online` adds the
-target's weights and the live peak of its no-grad forward at the same shape (also traced).
+target's weights (less the embeddings and lm_head the draft shares) and the live peak of its
+no-grad forward at the same shape (also traced).
 `--world-size N` adjusts the single-device figures analytically (DDP keeps a gradient
 bucket copy of the parameters' size; FSDP2 as the trainer applies it — one unit,
 `reshard_after_forward=False` — holds 1/N of the optimizer state plus the unsharded
@@ -67,6 +68,7 @@ class MemoryConfig:
     dtype: str = "bfloat16"                  # the target's dtype: embeddings, features, lm_head rows
     supervised: float = 1.0                  # share of supervised tokens (1.0: every row live, worst case)
     device: str = "cuda"                     # the device the step is estimated for (cuda | cpu)
+    activation_checkpointing: bool = False   # as train --activation-checkpointing
 
 
 def _target_config(cfg: MemoryConfig):
@@ -147,22 +149,6 @@ def _snapshot_bytes(snap: dict) -> dict[str, int]:
     return out
 
 
-def _step_module(draft, head, cfg: MemoryConfig, attention: str):
-    from draftsmith.train.ttt import ttt_forward
-
-    class Step(torch.nn.Module):
-        """The trainer's TTT forward as one root module (MemTracker tracks per root call)."""
-
-        def __init__(self):
-            super().__init__()
-            self.draft = draft
-
-        def forward(self, batch):
-            return ttt_forward(self.draft, batch, length=cfg.ttt_length, target_head=head, attention=attention)
-
-    return Step()
-
-
 def _validate(cfg: MemoryConfig) -> str:
     if cfg.mode not in ("offline", "online"):
         raise InputError("must be offline or online", field="--mode")
@@ -207,8 +193,12 @@ def symbolic(cuda: bool = True):
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.nn.attention import flex_attention
 
+    from draftsmith.draft.model import rotary_tables
     from draftsmith.train import ttt
 
+    # rotary_tables memoizes inv_freq per config: fake entries must not outlive the fake mode
+    rope_cache = rotary_tables.__dict__.setdefault("cache", {})
+    rope_saved = dict(rope_cache)
     saved = (ttt.LOGITS_CHUNK_ELEMENTS, flex_attention._validate_device,
              flex_attention._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG)
     ttt.LOGITS_CHUNK_ELEMENTS = saved[0] * (16 if cuda else 1)
@@ -223,6 +213,8 @@ def symbolic(cuda: bool = True):
     finally:
         (ttt.LOGITS_CHUNK_ELEMENTS, flex_attention._validate_device,
          flex_attention._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG) = saved
+        rope_cache.clear()
+        rope_cache.update(rope_saved)
 
 
 def trace_steps(step: torch.nn.Module, loss_fn, optimizer_step, externals=(), steps: int = 2,
@@ -262,6 +254,7 @@ def build_step(cfg: MemoryConfig, hf_config, batch: dict[str, torch.Tensor], att
     from draftsmith.draft.model import Eagle3Draft
     from draftsmith.target.dtype import parse_dtype
     from draftsmith.target.hf import default_aux_layers
+    from draftsmith.train.trainer import TTTModule
 
     get = hf_config.get if isinstance(hf_config, dict) else (lambda k, d=None: getattr(hf_config, k, d))
     vocab = int(get("vocab_size"))
@@ -271,11 +264,15 @@ def build_step(cfg: MemoryConfig, hf_config, batch: dict[str, torch.Tensor], att
     draft = Eagle3Draft(dcfg)
     draft.load_embeddings(torch.empty(dcfg.vocab_size, dcfg.hidden_size, dtype=dtype))
     head = torch.empty(dcfg.draft_vocab_size, dcfg.target_hidden_size, dtype=dtype)
+    # the whole lm_head gives the served (full-vocab) argmax when the draft vocab is smaller
+    full_head = torch.empty(vocab, dcfg.target_hidden_size, dtype=dtype) if dcfg.draft_vocab_size < vocab else None
     optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
     b, t, ht = cfg.batch_size, cfg.max_length, dcfg.target_hidden_size
     batch = dict(batch, aux_hidden_states=torch.empty(b, t, 3 * ht, dtype=dtype),
                  hidden_state=torch.empty(b, t, ht, dtype=dtype))
-    return _step_module(draft, head, cfg, attention), optimizer, head, batch
+    step = TTTModule(draft, head, cfg.ttt_length, 0.8, attention, full_head,
+                     checkpointing=cfg.activation_checkpointing)
+    return step, optimizer, head, batch
 
 
 def integer_inputs(cfg: MemoryConfig, vocab: int) -> dict[str, torch.Tensor]:
@@ -298,10 +295,13 @@ def estimate_memory(cfg: MemoryConfig) -> dict:
     inputs = integer_inputs(cfg, vocab)
     with symbolic(cuda=cfg.device == "cuda"):
         step, optimizer, head, batch = build_step(cfg, hf_config, inputs, attention)
+        features = (batch["aux_hidden_states"], batch["hidden_state"])
+        heads = tuple(h for h in (step.target_head, step.full_head) if h is not None)
         peak = trace_steps(step, lambda m: m(batch).loss, adamw_step(optimizer),
-                           externals=(optimizer, head, batch["aux_hidden_states"], batch["hidden_state"]),
+                           externals=(optimizer, *heads, *features),
                            autocast=cfg.autocast in ("auto", "bf16"))
-    param_bytes = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    param_bytes = nbytes(p for g in optimizer.param_groups for p in g["params"])
     optimizer_bytes = 2 * param_bytes                       # AdamW exp_avg + exp_avg_sq
     result: dict = {
         "config": asdict(cfg), "attention": attention,
@@ -310,9 +310,10 @@ def estimate_memory(cfg: MemoryConfig) -> dict:
             "vocab_size", "draft_vocab_size")},
         "params_bytes": param_bytes,
         "optimizer_bytes": optimizer_bytes,
-        "frozen_bytes": peak.get("Buffer", 0),              # the target's embeddings (+ d2t/t2d)
+        "frozen_bytes": peak.get("Buffer", 0) + nbytes(heads),   # target embeddings, d2t/t2d, lm_head rows
+                                                                # (+ the whole head for the served argmax)
         "activation_bytes": peak.get("Activation", 0) + peak.get("Temp", 0),
-        "input_bytes": peak.get("Other", 0),                # features + target lm_head rows
+        "input_bytes": nbytes(features),                    # the batch's target features
         "gradient_bytes_at_peak": peak.get("Gradient", 0),
         "optimizer_bytes_at_peak": peak.get("Optstate", 0),
         "traced_peak_bytes": peak.get("Total", 0),
@@ -327,7 +328,9 @@ def estimate_memory(cfg: MemoryConfig) -> dict:
         weights, forward_peak = _trace_target_forward(hf_config, cfg, parse_dtype(cfg.dtype))
         result["target_weights_bytes"] = weights
         result["target_forward_peak_bytes"] = forward_peak
-        peak_bytes = max(peak_bytes + weights, weights + forward_peak)   # resident; its forward ends first
+        # the draft shares the target's embeddings and lm_head (traced above as frozen tensors)
+        shared = nbytes([step.draft.embed_weight, *([step.full_head] if step.full_head is not None else [])])
+        peak_bytes = max(peak_bytes + weights - shared, weights + forward_peak)   # its forward ends first
     result["peak_bytes"] = int(peak_bytes)
     result["peak_gib"] = round(peak_bytes / GIB, 3)
     result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -356,6 +359,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of supervised tokens (1.0 = every row live: the worst case)")
     p.add_argument("--device", choices=["cuda", "cpu"], default=d.device,
                    help="the device the step is estimated for (sets the loss-chunk size)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="as train --activation-checkpointing: recompute each TTT step's layer in backward")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -43,6 +43,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from draftsmith.draft.model import Eagle3Draft, StepPattern
 
@@ -180,20 +181,36 @@ def live_rows(target: torch.Tensor, length: int) -> list[torch.Tensor]:
     return live[::-1]
 
 
+def layer_fn(draft: Eagle3Draft, checkpointing: bool):
+    """`draft.layer`, or (activation checkpointing) the same call keeping only its inputs and
+    outputs for backward and recomputing the layer's activations there: per TTT step the saved
+    tensors drop from the whole layer's (~70 bytes × H per token) to its inputs and outputs,
+    for one more forward of the layer in backward."""
+    if not checkpointing:
+        return draft.layer
+
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return draft.layer(*args, **kwargs)
+        return checkpoint(draft.layer, *args, use_reentrant=False, **kwargs)
+    return run
+
+
 def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch.Tensor, length: int,
            attention: str = "blockwise", live: list[torch.Tensor] | None = None,
-           ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+           checkpointing: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (k, outputs [N, H], index [B, T]) for steps 0..length-1: the pre-norm outputs of
     the rows computed at step k, and for each (b, p) its row in `outputs` (-1: not computed).
     Step 0 computes every row; with `live` (blockwise attention) later steps compute only the
-    live rows, one batch element at a time."""
+    live rows, one batch element at a time. `checkpointing`: see `layer_fn`."""
     b, t = input_ids.shape
+    layer = layer_fn(draft, checkpointing)
     tokens, positions = step_inputs(input_ids, 0)
-    out, (k0, v0) = draft.layer(tokens, draft.project(aux_hidden_states), positions)   # causal
+    out, (k0, v0) = layer(tokens, draft.project(aux_hidden_states), positions)   # causal
     dense = torch.arange(b * t, device=input_ids.device).view(b, t)
     yield 0, out.reshape(b * t, -1), dense
     if live is not None and attention == "blockwise":
-        yield from _live_steps(draft, input_ids, out, k0, v0, length, live)
+        yield from _live_steps(layer, input_ids, out, k0, v0, length, live)
         return
     past_k, past_v, hidden = k0, v0, out
     for k in range(1, length):
@@ -206,12 +223,12 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
             mask = StepPattern(t)
         else:
             raise ValueError(f"unknown TTT attention {attention!r} (blockwise, sdpa, flex)")
-        hidden, (key, value) = draft.layer(tokens, hidden, positions, attn_mask=mask, past_kv=(past_k, past_v))
+        hidden, (key, value) = layer(tokens, hidden, positions, attn_mask=mask, past_kv=(past_k, past_v))
         past_k, past_v = torch.cat([past_k, key], dim=2), torch.cat([past_v, value], dim=2)
         yield k, hidden.reshape(b * t, -1), dense
 
 
-def _live_steps(draft, input_ids, out0, k0, v0, length, live):
+def _live_steps(layer, input_ids, out0, k0, v0, length, live):
     b, t = input_ids.shape
     device = input_ids.device
     state = [{"rows": torch.arange(t, device=device), "hidden": out0[i], "diag": []} for i in range(b)]
@@ -230,8 +247,8 @@ def _live_steps(draft, input_ids, out0, k0, v0, length, live):
             tokens = torch.where(nxt < t, input_ids[i, nxt.clamp(max=t - 1)], torch.zeros_like(nxt))
             past = (torch.cat([k0[i:i + 1]] + [d[0] for d in diag], dim=2),
                     torch.cat([v0[i:i + 1]] + [d[1] for d in diag], dim=2))
-            o, (key, value) = draft.layer(tokens[None], st["hidden"][sel][None], (rows + k)[None],
-                                          attn_mask=StepPattern(t, rows), past_kv=past)
+            o, (key, value) = layer(tokens[None], st["hidden"][sel][None], (rows + k)[None],
+                                    attn_mask=StepPattern(t, rows), past_kv=past)
             st["hidden"], st["diag"] = o[0], diag + [(key, value)]
             outs.append(o[0])
             index[i, rows] = torch.arange(offset, offset + rows.numel(), device=device)
@@ -252,7 +269,8 @@ def full_vocab_argmax(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tens
 
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
-                attention: str = "blockwise", fused_loss: bool = True) -> TTTResult:
+                attention: str = "blockwise", fused_loss: bool = True,
+                checkpointing: bool = False) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -265,7 +283,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     attention: "blockwise" (StepPattern: causal T×T + diagonal scores, recomputed in
     backward), "sdpa" (explicit T × T·(k+1) bool mask; the reference) or "flex" (BlockMask;
     the memory-efficient kernel on CUDA). fused_loss=False uses plain autograd for the loss
-    (reference for tests; keeps every step's logits).
+    (reference for tests; keeps every step's logits). checkpointing: recompute each step's
+    layer activations in backward (`layer_fn`; same loss and gradients, less memory).
     """
     input_ids = batch["input_ids"]
     attention_mask = batch.get("attention_mask")
@@ -299,7 +318,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     # every parameter stays in the graph even when a batch supervises nothing (DDP)
     pad = 0.0 * (draft.lm_head.weight.sum() + draft.norm.weight.sum())
     live = live_rows(target_rows(batch["loss_mask"], attention_mask), length)
-    for k, out, index in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention, live):
+    for k, out, index in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention, live,
+                                 checkpointing):
         keep, rows_p = step_rows(qb, qq, k)
         n = int(keep.sum())
         counts.append(n)
