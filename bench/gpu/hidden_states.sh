@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # hidden-states on a lent GPU (H100/H200): a random-initialized Llama-3-8B-shaped target in
-# bf16, 200 samples of 2048 tokens, batch 4. Reports tokens/s of the stage and its overhead
+# bf16, 128 samples of 2048 tokens, batch 4. Reports tokens/s of the stage and its overhead
 # over bare forwards of the same batches (bracketed: bare, stage, bare), and the card.
 #
 #   bash bench/gpu/hidden_states.sh            # GPU, Llama-3-8B shape
 #   bash bench/gpu/hidden_states.sh --tiny     # CPU dry run: same script, tiny shape, 8 samples
 #
-# Writes bench/results/hidden_states_gpu.json (not in the --tiny dry run).
+# Writes bench/results/hidden_states_gpu.json, or $HS_OUTPUT when set (the --tiny dry run writes only there).
+# bench/gpu/run_all.sh runs it as part (a).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
+test -x "$PY" || PY=python3
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SHAPE=8b
 if [[ "${1:-}" == "--tiny" ]]; then SHAPE=tiny; fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench_hs_gpu.XXXXXX")
@@ -33,9 +36,9 @@ device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
 if shape == "8b":
     geometry = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)
-    samples, length, dtype = 200, 2048, torch.bfloat16
+    samples, length, dtype = 128, 2048, torch.bfloat16
 else:
-    geometry = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+    geometry = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096)
     samples, length, dtype = 8, 256, torch.float32
 
@@ -81,7 +84,8 @@ report = {
     "store_bytes_per_token": round(summary["bytes_per_token"], 1),
     "specforge_bytes_per_token": summary["specforge_bytes_per_token"],
 }
-if not tiny:  # the dry run checks the script, its figures mean nothing
-    write_json_atomic(Path("bench/results") / "hidden_states_gpu.json", report)
+output = os.environ.get("HS_OUTPUT") or (None if tiny else "bench/results/hidden_states_gpu.json")
+if output:  # the dry run checks the script: its figures mean nothing, so it writes only where asked
+    write_json_atomic(Path(output), report)
 print(json.dumps(report, indent=2))
 PYEOF
