@@ -62,7 +62,7 @@ def smollm2_target(work: Path) -> tuple[Path | None, str]:
     """The SmolLM2 HF folder for part c, converted from a carried GGUF when needed."""
     if (CARRY / "smollm2" / "config.json").exists():
         return CARRY / "smollm2", "carried HF folder"
-    parts = sorted(CARRY.parent.glob("carry*/smollm2.gguf.part-*"))
+    parts = sorted(CARRY.parent.glob("carry*/smollm2.gguf.part-*"), key=lambda p: p.name)  # split's aa, ab, ...
     gguf = CARRY / "smollm2.gguf"
     if not gguf.exists() and parts:
         with open(work / "smollm2.gguf", "wb") as out:
