@@ -116,8 +116,8 @@ def test_eval_loads_float32_under_auto_even_on_a_native_bf16_cpu(tiny_llama_dir,
     _, model, _ = load_models(cfg)
     assert model.dtype == torch.float32 and config_record(cfg)["dtype"] == "float32"
     assert "eval: target and draft dtype float32" in capsys.readouterr().err
-    _, model, _ = load_models(EvalConfig(target_model_path=tiny_llama_dir, draft_model_path=None, benchmarks=["mtbench"],
-                                     dtype="bfloat16"))
+    _, model, _ = load_models(EvalConfig(target_model_path=tiny_llama_dir, draft_model_path=None,
+                                         benchmarks=["mtbench"], dtype="bfloat16"))
     assert model.dtype == torch.bfloat16
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # hidden-states on a lent GPU (H100/H200): a random-initialized Llama-3-8B-shaped target in
-# bf16, 128 samples of 2048 tokens, batch 4. Reports tokens/s of the stage and its overhead
+# bf16, 64 samples of 2048 tokens, batch 4. Reports tokens/s of the stage and its overhead
 # over bare forwards of the same batches (bracketed: bare, stage, bare), and the card.
 #
 #   bash bench/gpu/hidden_states.sh            # GPU, Llama-3-8B shape
@@ -36,7 +36,7 @@ device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
 if shape == "8b":
     geometry = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192)
-    samples, length, dtype = 128, 2048, torch.bfloat16
+    samples, length, dtype = 64, 2048, torch.bfloat16
 else:
     geometry = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=1024, max_position_embeddings=4096)

@@ -8,8 +8,8 @@ Parts, each a subprocess with its own time limit (the whole fits 8 minutes on on
      TTT 7, bf16 autocast, flex attention, T = 2048 / 8192 / 16384: tokens/s and peak memory
      (bench/train.py large-step)                                          -> train_gpu.json
   c  the SmolLM2 demo draft decoded on the GPU by `draftsmith eval` (K = 5, chain and a topk-4
-     tree; plain greedy decoded in the same run): tau, lossless, wall-clock speedup over greedy
-                                                                          -> eval_gpu_{chain,tree,chain_bf16}.json
+     tree, fp32 so the lossless check is exact; plain greedy decoded in the same run): tau,
+     lossless, wall-clock speedup over greedy                             -> eval_gpu_{chain,tree}.json
   d  the suite's CUDA-only tests (tests/test_cuda.py)                     -> cuda_tests.txt
 
 Summary: <results>/gpu_run_all.json (status, seconds and the headline figures of each part).
@@ -37,7 +37,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CARRY = REPO / "bench" / "gpu" / "carry"
-LIMITS_S = {"a": 150, "b": 170, "c": 150, "d": 60}   # 530 s of parts + set-up: under 8 minutes
+# Estimated, not yet measured on a GPU: 475 s of parts + set-up stays under 8 minutes; a part that runs
+# out is recorded as "failed (timeout)" with its log, and the others still run.
+LIMITS_S = {"a": 140, "b": 170, "c": 120, "d": 45}
 
 
 def run_part(name: str, cmd: list[str], log: Path, limit: float, env: dict) -> dict:
@@ -114,7 +116,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=None,
                         help="where the JSON goes (default bench/results; --dry-run: a scratch folder)")
     parser.add_argument("--parts", default="abcd", help="subset of a, b, c, d")
-    parser.add_argument("--eval-questions", type=int, default=5, help="MT-bench questions (both turns) in part c")
+    parser.add_argument("--eval-questions", type=int, default=3, help="MT-bench questions (both turns) in part c")
     args = parser.parse_args()
     import torch
 
@@ -184,8 +186,7 @@ def decode_part(args, dry: bool, device: str, results: Path, work: Path, env: di
             return {"status": "skipped", "reason": where if target is None else f"missing {', '.join(missing)}"}
     out: dict = {"status": "ok", "inputs": where, "runs": {}}
     tokens = "16" if dry else "128"
-    runs = {"chain": ["--topk", "1", "--dtype", "float32"], "tree": ["--topk", "4", "--dtype", "float32"],
-            "chain_bf16": ["--topk", "1", "--dtype", "bfloat16"]}
+    runs = {"chain": ["--topk", "1", "--dtype", "float32"], "tree": ["--topk", "4", "--dtype", "float32"]}
     for name, extra in runs.items():
         report = results / f"eval_gpu_{name}.json"
         cmd = [py, "-m", "draftsmith.cli", "eval", "--target-model-path", str(target), "--draft-model-path",
