@@ -2,7 +2,7 @@
 
 table: the Llama-3.1-8B draft shape (H 4096, 32/8 heads, intermediate 14,336, vocab 128,256,
     draft vocab 32,000), TTT 7, bf16, batch 1, T = 2K … 32K: the predicted peak of draftsmith's
-    step (flex attention, the CUDA default) and of SpecForge 0.2.0's (its `OnlineEagle3Model`
+    step (flex attention, the CUDA default; with and without --activation-checkpointing) and of SpecForge 0.2.0's (its `OnlineEagle3Model`
     with its default `flex_attention` backend, its bf16 draft + `BF16Optimizer` fp32 masters,
     its Triton loss replaced by the PyTorch stand-in of bench/train.py that keeps the logits
     as the kernel does), both traced by the same tracer (`draftsmith.train.memory.symbolic` +
@@ -14,7 +14,9 @@ validate: shapes that run on this CPU (the SmolLM2 draft: H 576, vocab 49,152, d
     16,384; fp32, no autocast, device cpu, 60 % of tokens supervised): the predicted peak
     beside the measured one. Measured = the bytes alive before the first step (parameters,
     frozen embeddings, features: exact) + the growth of the process's peak RSS over the two
-    real steps (ru_maxrss − RSS before), each shape in a fresh process.
+    real steps (ru_maxrss − RSS before), each shape in a fresh process with glibc's mmap threshold
+    fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the RSS as they leave a
+    CUDA caching allocator's live count.
     → bench/results/memory_validate.json
 
     python bench/memory.py table [--lengths 2048,4096,8192,16384,32768] [--specforge-python P]
@@ -64,7 +66,8 @@ def worker_ours(args) -> dict:
 
     path = CONFIGS / "llama8b_config.json"
     return estimate_memory(MemoryConfig(target_config=str(path), max_length=args.seq, draft_vocab_size=32000,
-                                        attention=args.attention, autocast="bf16"))
+                                        attention=args.attention, autocast="bf16",
+                                        activation_checkpointing=args.checkpointing))
 
 
 def worker_specforge(args) -> dict:
@@ -121,8 +124,7 @@ def worker_specforge(args) -> dict:
 
 
 def worker_measure(args) -> dict:
-    """One real run at a CPU shape: predicted (fake) in-process first is NOT done here —
-    this process only measures, so its peak RSS is the real step's."""
+    """Two real steps at a CPU shape; this process only measures, so its peak RSS is the steps'."""
     import resource
 
     import torch
@@ -136,11 +138,13 @@ def worker_measure(args) -> dict:
     inputs = integer_inputs(cfg, SMOLLM2["vocab_size"])
     step, optimizer, head, batch = build_step(cfg, SMOLLM2, inputs, args.attention)
     g = torch.Generator().manual_seed(0)
-    for t in (head, step.draft.embed_weight, batch["aux_hidden_states"], batch["hidden_state"]):
+    frozen = [head, step.draft.embed_weight, batch["aux_hidden_states"], batch["hidden_state"]]
+    if step.full_head is not None:                      # the whole lm_head (served argmax)
+        frozen.append(step.full_head)
+    for t in frozen:                                    # written, so their pages count before the step
         t.copy_(torch.randn(t.shape, generator=g) * 0.02)
-    alive = sum(t.numel() * t.element_size() for t in
-                [*step.draft.parameters(), *step.draft.buffers(), head, batch["aux_hidden_states"],
-                 batch["hidden_state"], *inputs.values()])
+    tensors = {id(t): t for t in [*step.draft.parameters(), *step.draft.buffers(), *frozen, *inputs.values()]}
+    alive = sum(t.numel() * t.element_size() for t in tensors.values())
     with open("/proc/self/statm") as f:
         rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     run = adamw_step(optimizer)
@@ -181,14 +185,17 @@ def table(args) -> dict:
     rows = []
     for seq in args.lengths:
         ours = _worker(["_ours", "--seq", str(seq), "--attention", "flex"])
+        ckpt = _worker(["_ours", "--seq", str(seq), "--attention", "flex", "--checkpointing"])
         row = {"T": seq, "draftsmith_peak_gib": round(ours["peak_bytes"] / GIB, 2),
                "draftsmith_activation_gib": round(ours["activation_bytes"] / GIB, 2),
+               "draftsmith_ckpt_peak_gib": round(ckpt["peak_bytes"] / GIB, 2),
                "draftsmith_seconds": ours["seconds"]}
         if args.specforge_python and Path(args.specforge_python).exists():
             sf = _worker(["_specforge", "--seq", str(seq), "--attention", "flex_attention"],
                          python=args.specforge_python, env={"TORCHDYNAMO_DISABLE": "1"})
             row["specforge_peak_gib"] = round(sf["peak_bytes"] / GIB, 2)
             row["ratio"] = round(ours["peak_bytes"] / sf["peak_bytes"], 3)
+            row["ratio_ckpt"] = round(ckpt["peak_bytes"] / sf["peak_bytes"], 3)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     result = {"shape": "Llama-3.1-8B draft (H 4096, 32/8 heads, inter 14336, vocab 128256, draft vocab 32000), "
@@ -211,6 +218,7 @@ def _plot(rows) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     t = [r["T"] for r in rows]
     ax.plot(t, [r["draftsmith_peak_gib"] for r in rows], "o-", label="draftsmith (flex)")
+    ax.plot(t, [r["draftsmith_ckpt_peak_gib"] for r in rows], "^-", label="draftsmith (flex, --activation-checkpointing)")
     if all("specforge_peak_gib" in r for r in rows):
         ax.plot(t, [r["specforge_peak_gib"] for r in rows], "s-", label="SpecForge 0.2.0 (flex_attention)")
     ax.axhline(80 * 1e9 / GIB, color="grey", ls="--", label="80 GB card")
@@ -231,7 +239,11 @@ def validate(args) -> dict:
     for attention in args.attention:
         for seq in args.lengths:
             pred = _worker(["_predict", "--seq", str(seq), "--attention", attention])
-            meas = _worker(["_measure", "--seq", str(seq), "--attention", attention])
+            # a fixed mmap threshold: glibc returns every freed tensor of >= 64 KiB to the OS, so the
+            # peak RSS counts live tensors, not the heap its dynamic threshold would keep (up to 32 MiB
+            # chunks stay in the heap by default, and the peak RSS then runs 10-25 % above the live peak)
+            meas = _worker(["_measure", "--seq", str(seq), "--attention", attention],
+                           env={"MALLOC_MMAP_THRESHOLD_": "65536"})
             row = {"T": seq, "attention": attention, "predicted_gib": round(pred["peak_bytes"] / GIB, 3),
                    "measured_gib": round(meas["measured_peak_bytes"] / GIB, 3),
                    "ratio": round(pred["peak_bytes"] / meas["measured_peak_bytes"], 3)}
@@ -258,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         w = sub.add_parser(name)
         w.add_argument("--seq", type=int, required=True)
         w.add_argument("--attention", required=True)
+        w.add_argument("--checkpointing", action="store_true")
     args = p.parse_args(argv)
     workers = {"_ours": worker_ours, "_specforge": worker_specforge, "_measure": worker_measure,
                "_predict": worker_predict}
