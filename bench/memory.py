@@ -178,10 +178,16 @@ def _machine() -> dict:
             "avx512_bf16": "avx512_bf16" in flags, "load_avg": os.getloadavg()}
 
 
-def table(args) -> dict:
+def _prepare() -> None:
+    """The results folder, and the shapes' config.json files the workers read."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     CONFIGS.mkdir(parents=True, exist_ok=True)
     (CONFIGS / "llama8b_config.json").write_text(json.dumps(LLAMA_8B))
+    (CONFIGS / "smollm2_config.json").write_text(json.dumps(SMOLLM2))
+
+
+def table(args) -> dict:
+    _prepare()
     rows = []
     for seq in args.lengths:
         ours = _worker(["_ours", "--seq", str(seq), "--attention", "flex"])
@@ -232,9 +238,7 @@ def _plot(rows) -> None:
 
 
 def validate(args) -> dict:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    CONFIGS.mkdir(parents=True, exist_ok=True)
-    (CONFIGS / "smollm2_config.json").write_text(json.dumps(SMOLLM2))
+    _prepare()
     rows = []
     for attention in args.attention:
         for seq in args.lengths:
