@@ -76,7 +76,7 @@ def tokenized(tmp_path_factory):
 def test_store_matches_hf_reference_per_codec(fixture, request, tokenized, tmp_path):
     model_dir = request.getfixturevalue(fixture)
     target = load_target(model_dir, dtype=torch.bfloat16)
-    stores = {c: (_run(model_dir, tokenized, tmp_path / c, codec=c, batch_size=4, shard_mb=0.02),
+    stores = {c: (_run(model_dir, tokenized, tmp_path / c, codec=c, batch_size=4, shard_mb=0.02, dtype="bfloat16"),
                   FeatureStore.open(tmp_path / c))[1] for c in CODECS}
     from datasets import load_from_disk
 
@@ -110,7 +110,7 @@ def test_store_matches_hf_reference_per_codec(fixture, request, tokenized, tmp_p
 
 def test_bf16_store_is_bit_exact_with_backend_at_the_sample_width(tiny_llama_dir, tokenized, tmp_path):
     """The exact check: bf16 store == the backend's bf16 activations (HF forward, same padded width)."""
-    _run(tiny_llama_dir, tokenized, tmp_path / "s", codec="bf16", batch_size=3)
+    _run(tiny_llama_dir, tokenized, tmp_path / "s", codec="bf16", batch_size=3, dtype="bfloat16")
     store = FeatureStore.open(tmp_path / "s")
     target = load_target(tiny_llama_dir, dtype=torch.bfloat16)
     for i in range(len(store)):
