@@ -1,8 +1,10 @@
 """The `draftsmith` command: one subcommand per pipeline stage.
 
-Each stage module exposes `add_arguments(parser)` and `run(args) -> int`; the
-`scripts/*.py` entry points of the documented interface call `run_command` with
-the same stage name, so both paths run the same function.
+Each stage module exposes `CONFIG` (its typed config dataclass, draftsmith/config.py: the one
+source of its flags, defaults, help and config files), `add_arguments(parser)` and
+`run(args) -> int`; `--print-config` is answered here for every stage. The `scripts/*.py`
+entry points of the documented interface call `run_command` with the same stage name, so
+both paths run the same function.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from draftsmith import config
 from draftsmith.errors import DraftsmithError
 
 # subcommand -> (module, one-line help). Modules are imported only when used.
@@ -43,6 +46,9 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
         parser.prog = prog
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "print_config", False):
+            print(config.to_yaml(config.from_args(module.CONFIG, args)), end="")
+            return 0
         return int(module.run(args) or 0)
     except DraftsmithError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,6 @@ with everything after it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -26,7 +25,7 @@ from typing import Callable
 
 from draftsmith import resources
 from draftsmith.errors import DraftsmithError
-from draftsmith.fsutil import atomic_path, write_json_atomic, write_text_atomic
+from draftsmith.fsutil import atomic_path, cache_key, write_json_atomic, write_text_atomic
 from draftsmith.target.dtype import CHOICES
 
 STATE_FILE = "demo_state.json"
@@ -275,8 +274,8 @@ def stage_keys(config: DemoConfig, stages: tuple[Stage, ...]) -> dict[str, str]:
     """Each stage's key: its own settings chained with the key of the stage before it."""
     keys, previous, settings = {}, "", asdict(config)
     for stage in stages:
-        payload = json.dumps([previous, stage.name, {k: settings[k] for k in stage.settings}], sort_keys=True)
-        previous = keys[stage.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        previous = keys[stage.name] = cache_key([previous, stage.name, {k: settings[k] for k in stage.settings}],
+                                                length=16)
     return keys
 
 

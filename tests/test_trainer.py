@@ -219,7 +219,9 @@ def test_yaml_config_values_are_typed_and_print_config_reads_back(tmp_path, caps
     cfg = cli.config_from_args(parser.parse_args(["--config", str(path)]))
     assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float) and cfg.weight_decay == 0.01
     assert cfg.aux_layers == [1, 2, 3] and cfg.max_steps is None and cfg.early_stop == 3
-    assert cli.run(parser.parse_args(["--config", str(path), "--batch-size", "4", "--print-config"])) == 0
+    from draftsmith.cli import run_command
+
+    assert run_command("train", ["--config", str(path), "--batch-size", "4", "--print-config"]) == 0
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
     again = cli.config_from_args(parser.parse_args(["--config", str(printed)]))

@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +42,7 @@ from draftsmith.data.loss_mask import backend_tokenizer, tokenize_with_mask
 from draftsmith.data.rowerrors import NO_REPLY, NO_SUPERVISED
 from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_template, template_names
 from draftsmith.errors import DraftsmithError, InputError
-from draftsmith.fsutil import write_json_atomic
+from draftsmith.fsutil import cache_key as fsutil_cache_key, file_digest, replace_dir, staging_dir, write_json_atomic
 
 FORMAT_VERSION = 2  # 2: replies before the first user message are dropped (#16.4)
 MANIFEST = "draftsmith_build.json"
@@ -93,14 +92,6 @@ class _Chunk:
 
 
 # ------------------------------------------------------------------------------ cache key
-def _sha256_file(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h
-
-
 def tokenizer_fingerprint(tokenizer_ref: str, tokenizer=None) -> str:
     """Hash of the tokenizer: its local files (not weights), else the loaded tokenizer's state."""
     h = hashlib.sha256()
@@ -110,7 +101,7 @@ def tokenizer_fingerprint(tokenizer_ref: str, tokenizer=None) -> str:
             if f.name.startswith("."):
                 continue
             h.update(f.name.encode() + b"\0")
-            _sha256_file(f, h)
+            file_digest(f, h)
         return h.hexdigest()
     if tokenizer is None:
         tokenizer = load_tokenizer(tokenizer_ref)
@@ -127,7 +118,7 @@ def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
     template = cfg.chat_template if cfg.chat_template == HF else get_template(cfg.chat_template).fingerprint()
     parts = {
         "format": FORMAT_VERSION,
-        "data": _sha256_file(data).hexdigest(),
+        "data": file_digest(data).hexdigest(),
         "tokenizer": tokenizer_fingerprint(cfg.tokenizer, tokenizer),
         "template": template,
         "max_length": cfg.max_length,
@@ -137,7 +128,7 @@ def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
         "use_template_system_prompt": cfg.use_template_system_prompt,
         "limits": [cfg.limits.max_row_bytes, cfg.limits.max_row_depth],
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    return fsutil_cache_key(parts)
 
 
 # ------------------------------------------------------------------------------ workers
@@ -326,17 +317,6 @@ def _schema():
     return pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.int8()))])
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place; an old folder at `out` is replaced only after the new one exists."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _save_quietly(dataset, path: Path) -> None:
     from datasets.utils import logging as ds_logging
 
@@ -384,7 +364,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
     started = time.perf_counter()
     tokenizer = tokenizer or load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         skipped: list[dict] = []
         counts: Counter = Counter()
@@ -425,7 +405,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
         config = {k: v for k, v in asdict(cfg).items() if k not in ("output", "overwrite", "num_proc")}
         write_json_atomic(tmp / MANIFEST, {"key": key, "format": FORMAT_VERSION, "config": config, "report": report})
-        _publish(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

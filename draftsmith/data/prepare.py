@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from draftsmith.data.formats import (DEFAULT_LIMITS, SUFFIXES, Record, RowLimits
                                      iter_records, limits_from_args)
 from draftsmith.data.presets import PRESETS, Preset, get_preset, hub_records
 from draftsmith.errors import DraftsmithError, InputError, StrictRowError
-from draftsmith.fsutil import write_json_atomic
+from draftsmith.fsutil import replace_dir, staging_dir, write_json_atomic
 
 BATCH_ROWS = 256
 _ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)  # UTF-8 output, readable
@@ -142,11 +141,11 @@ def prepare_data(cfg: PrepareConfig) -> PrepareResult:
         raise DraftsmithError(f"output {out_dir} already exists; pass --overwrite to replace it "
                               f"(or choose another --output-path / --name)")
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    staging = staging_dir(out_dir)
     try:
         summary = _write_outputs(cfg, preset, files, name, staging)
         write_json_atomic(staging / f"{name}_summary.json", summary)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     eval_path = out_dir / f"{name}_eval.jsonl" if cfg.split_eval else None
@@ -441,19 +440,6 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, begin: int, end: int) -> None:
             raise DraftsmithError(f"{src.name}: ended before byte {end} while splitting train/eval")
         begin += copied
 
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder to out_dir; an old out_dir is set aside, then deleted."""
-    os.chmod(staging, 0o755)
-    for path in staging.iterdir():
-        os.chmod(path, 0o644)  # temp files are created 0600
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(result: PrepareResult) -> str:

@@ -1,68 +1,91 @@
-"""`TrainConfig`: every setting of a training run, with its default and its checks.
+"""`TrainConfig`: every setting of a training run, with its default, flag, help and checks.
 
-The dataclass is the single source of the `train` stage's settings: a `--config` file
-(YAML, or JSON, which YAML reads too) holds any of its fields by name, `learning_rate` or
-`learning-rate`; each value is converted to the field's type (`coerce`: PyYAML 1.1 reads
-`1e-4` as a string, which becomes the float 0.0001) and an unknown key or a value of the
-wrong type is an error naming the file, line and key. `to_yaml` writes the resolved config
-(`train --print-config`) in the form `read_config_file` reads back. `validate()` checks the
-values together and names the flag of a bad one.
+The dataclass is the single source of the `train` stage's flags, `--config` files and docs
+table, through draftsmith/config.py (typed values: `learning_rate: 1e-4` in YAML is the float
+0.0001; unknown keys are errors naming file, line and key; `--print-config`). `validate()`
+checks the values together and names the flag of a bad one.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
+from draftsmith.config import option
 from draftsmith.errors import InputError
-from draftsmith.target.dtype import NAMES as DTYPE_NAMES
+from draftsmith.target.dtype import DTYPE_HELP, NAMES as DTYPE_NAMES
 from draftsmith.train.parallel import PARALLEL
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "online"                          # online | offline
-    target_model_path: str | None = None
-    train_data_path: str | None = None            # conversations / pre-formatted JSONL or tokenized folder
-    eval_data_path: str | None = None
-    train_hidden_states_path: str | None = None   # offline feature store
-    eval_hidden_states_path: str | None = None
-    is_preformatted: bool = False
-    chat_template: str | None = None
-    max_length: int = 2048
-    draft_vocab_size: int = 32000
-    aux_layers: list[int] | None = None           # HF hidden_states indices; None: [2, L//2, L-3] / the store's
-    draft_model_config: str | None = None         # JSON file of Eagle3Config overrides
-    ttt_length: int = 7
-    loss_decay: float = 0.8
-    num_epochs: int = 1
-    max_steps: int | None = None                  # stop early (the schedule still spans num_epochs)
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.015
-    max_grad_norm: float = 0.5
-    weight_decay: float = 0.0
-    output_dir: str = "outputs/eagle3"
-    save_interval: int = 1000
-    eval_interval: int = 1000
-    eval_holdout: int = 0                         # hold out this many training samples as the eval split
-    eval_decode: int = 0                          # also decode this many held-out prompts (real spec decoding)
-    eval_decode_tokens: int = 64                  # new tokens per decoded prompt
-    early_stop: int | None = None                 # stop after this many evaluations without a better best/
-    log_interval: int = 1
-    seed: int = 0
-    tp_size: int = 1
-    dtype: str = "auto"                           # target (online) / embeddings dtype; auto: target.dtype policy
-    device: str | None = None                     # None: cuda:<local rank> if available, else cpu
-    parallel: str = "ddp"                         # ddp | fsdp
-    autocast: str = "auto"                        # auto (bf16 on CUDA and native-bf16 CPUs) | bf16 | off
-    attention: str = "auto"                       # auto (flex on CUDA, else blockwise) | blockwise | sdpa | flex
-    activation_checkpointing: bool = False        # recompute each TTT step's layer in backward (long contexts)
-    report_to: str = "none"                       # none | tensorboard | wandb
-    resume: str | None = None                     # "latest" or a checkpoint folder
-    trust_remote_code: bool = False
-    progress: bool = True
+    mode: Literal["online", "offline"] = option(
+        "online", help="online: the target runs in the loop; offline: read a feature store")
+    # data
+    target_model_path: str | None = option(
+        None, group="data", help="HF folder or hub name of the target (offline: for its embeddings / lm_head; "
+                                 "default: the store's model)")
+    train_data_path: str | None = option(
+        None, group="data", help="conversations JSONL, pre-formatted JSONL (--is-preformatted) or a tokenized folder")
+    eval_data_path: str | None = option(None, group="data", help="held-out split, as --train-data-path")
+    train_hidden_states_path: str | None = option(None, group="data", help="offline: feature store")
+    eval_hidden_states_path: str | None = option(None, group="data", help="offline: held-out feature store")
+    is_preformatted: bool = option(False, group="data", help="rows are pre-formatted text, not conversations")
+    chat_template: str | None = option(None, group="data", help="template name, or 'hf' (the tokenizer's)")
+    max_length: int = option(2048, group="data", help="tokens per sample (longer ones are truncated)")
+    # draft
+    draft_vocab_size: int = option(32000, group="draft", help="draft vocabulary (the most frequent supervised tokens)")
+    aux_layers: list[int] | None = option(
+        None, group="draft", sep=",", metavar="I,J,K",
+        help="target layers to fuse, HF hidden_states indices (default 2,L//2,L-3; offline: the store's)")
+    draft_model_config: str | None = option(
+        None, group="draft", help="JSON file overriding fields of the draft config derived from the target")
+    ttt_length: int = option(7, group="draft", help="training-time-test steps (the draft's own predictions fed back)")
+    loss_decay: float = option(0.8, group="draft", help="weight of TTT step k is decay**k")
+    autocast: Literal["auto", "bf16", "off"] = option(
+        "auto", group="draft", help="bf16 autocast of the draft's matmuls: auto = on CUDA and on CPUs with native "
+                                    "bf16 (AVX512-BF16/AMX), off elsewhere (weights and optimizer state stay fp32)")
+    attention: Literal["auto", "blockwise", "sdpa", "flex"] = option(
+        "auto", group="draft", help="TTT attention: flex (CUDA kernel, block-sparse), blockwise (causal + diagonal "
+                                    "scores), sdpa (explicit mask, reference); auto = flex on CUDA, else blockwise")
+    activation_checkpointing: bool = option(
+        False, group="draft", help="recompute each TTT step's layer in backward: ~2x less activation memory for "
+                                   "one more layer forward (see `draftsmith estimate-memory`)")
+    # optimization
+    num_epochs: int = option(1, group="optimization", help="passes over the training data")
+    max_steps: int | None = option(
+        None, group="optimization", help="stop after this many optimizer steps (the lr schedule still spans "
+                                         "--num-epochs)")
+    batch_size: int = option(1, group="optimization", help="samples per micro-batch on each data-parallel rank")
+    gradient_accumulation_steps: int = option(1, group="optimization", help="micro-batches per optimizer step")
+    learning_rate: float = option(1e-4, group="optimization", help="peak AdamW learning rate")
+    warmup_ratio: float = option(0.015, group="optimization", help="share of the steps with linear warmup")
+    max_grad_norm: float = option(0.5, group="optimization", help="gradient clipping norm")
+    weight_decay: float = option(0.0, group="optimization", help="AdamW weight decay")
+    seed: int = option(0, group="optimization", help="seed of the draft's init and the data order")
+    # run
+    output_dir: str = option("outputs/eagle3", group="run", help="checkpoints step_<N>/, best/, final/ and metrics")
+    save_interval: int = option(1000, group="run", help="save a checkpoint every N optimizer steps")
+    eval_interval: int = option(1000, group="run",
+                                help="evaluate on the held-out split every N steps (and keep best/ by it)")
+    eval_holdout: int = option(0, group="run",
+                               help="hold out N training samples as the eval split (instead of --eval-*-path)")
+    eval_decode: int = option(0, group="run", help="also decode N held-out prompts with real speculative "
+                                                   "decoding; best/ is then chosen by the decoded tau")
+    eval_decode_tokens: int = option(64, group="run", help="new tokens per decoded prompt")
+    early_stop: int | None = option(None, group="run", metavar="PATIENCE",
+                                    help="stop after PATIENCE evaluations without a better held-out tau")
+    log_interval: int = option(1, group="run", help="log metrics every N optimizer steps")
+    resume: str | None = option(None, group="run", nargs="?", const="latest",
+                                help="continue from the latest checkpoint in --output-dir (or the given folder)")
+    tp_size: int = option(1, group="run", help="online: tensor-parallel size of the target")
+    dtype: str = option("auto", group="run", help="target (online) / target embeddings dtype: " + DTYPE_HELP)
+    device: str | None = option(None, group="run", help="default: this rank's CUDA device, else cpu")
+    parallel: Literal["ddp", "fsdp"] = option(
+        "ddp", group="run", help="how the draft is replicated under torchrun (fsdp = FSDP2 fully_shard)")
+    report_to: Literal["none", "tensorboard", "wandb"] = option("none", group="run", help="metrics backend")
+    trust_remote_code: bool = option(False, group="run", help="allow the target's own modeling code (opt-in)")
+    progress: bool = option(True, group="run", help="progress bar")
 
     def validate(self) -> None:
         if self.mode not in ("online", "offline"):
@@ -96,102 +119,3 @@ class TrainConfig:
             raise InputError("must be auto, blockwise, sdpa or flex", field="--attention")
         if self.report_to not in ("none", "tensorboard", "wandb"):
             raise InputError("must be none, tensorboard or wandb", field="--report-to")
-
-
-# ----- config files: YAML (or JSON, a subset of YAML) checked against the field types -------------
-
-def _field_types() -> dict[str, object]:
-    import typing
-
-    return typing.get_type_hints(TrainConfig)
-
-
-def _expect(kind) -> str:
-    import typing
-
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    inner = args[0] if args else kind
-    label = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        inner, "a list of integers")
-    return label + (" or null" if type(None) in typing.get_args(kind) else "")
-
-
-def coerce(name: str, value, kind=None):
-    """`value` as the type of field `name` (PyYAML reads `1e-4` as a string: it becomes 0.0001);
-    ValueError when it is not one."""
-    import typing
-
-    kind = kind if kind is not None else _field_types()[name]
-    args = typing.get_args(kind)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise ValueError(f"expected {_expect(kind)}, got null")
-    if args and type(None) in args:           # X | None
-        kind = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(kind)
-    if origin is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ValueError(f"expected a list of integers, got {value!r}")
-        return [coerce(name, v.strip() if isinstance(v, str) else v, int) for v in items if v != ""]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"expected {_expect(kind)}, got {value!r}")
-
-
-def read_config_file(path: Path) -> dict:
-    """The settings of a YAML / JSON file, keys as field names (`learning-rate` or `learning_rate`),
-    values converted to the field types. Errors name the file, the line and the key."""
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=path, field="--config") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise InputError(f"invalid YAML: {e}", path=path, line=None if line is None else line + 1) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping of option names to values", path=path)
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
-    types = _field_types()
-    out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in types:
-            raise InputError("unknown training option", path=path, line=lines.get(str(key)), field=str(key))
-        try:
-            out[name] = coerce(name, value, types[name])
-        except ValueError as e:
-            raise InputError(str(e), path=path, line=lines.get(str(key)), field=str(key)) from None
-    return out
-
-
-def to_yaml(cfg: TrainConfig) -> str:
-    """The resolved config as YAML that `read_config_file` reads back to an equal TrainConfig."""
-    import yaml
-
-    return yaml.safe_dump(asdict(cfg), sort_keys=False, default_flow_style=False)
