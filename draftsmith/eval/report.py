@@ -71,6 +71,11 @@ def summarize(result: BenchmarkResult) -> dict[str, Any]:
         "tau_sglang": generated / steps if steps else None,
         "accept_rate": [reach[i] / steps if steps else None for i in range(1, depth + 1)],
         "accept_rate_conditional": [reach[i] / reach[i - 1] if reach[i - 1] else None for i in range(1, depth + 1)],
+        # per turn, so intervals can be drawn over prompts (bench/parity.py): tokens emitted by verify
+        # steps, verify steps, and how many of them reached depth 1..K
+        "turn_stats": [{"id": t.id, "turn": t.turn, "emitted": sum(t.spec.emitted), "verify_steps": len(t.spec.emitted),
+                        "reach": [sum(1 for a in t.spec.accepted if a >= i) for i in range(1, depth + 1)]}
+                       for t in turns],
         "spec_seconds": spec_s,
         "spec_tokens_per_s": generated / spec_s if spec_s else None,
     }
