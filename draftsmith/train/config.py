@@ -33,6 +33,10 @@ class TrainConfig:
     is_preformatted: bool = option(False, group="data", help="rows are pre-formatted text, not conversations")
     chat_template: str | None = option(None, group="data", help="template name, or 'hf' (the tokenizer's)")
     max_length: int = option(2048, group="data", help="tokens per sample (longer ones are truncated)")
+    num_workers: int | None = option(
+        None, group="data", help="DataLoader worker processes that read, decode and pad batches ahead of the step "
+                                 "(default: 1 offline, 0 online; 0 = in the training process)")
+    prefetch_factor: int = option(2, group="data", help="batches each DataLoader worker prepares ahead")
     # draft
     draft_vocab_size: int = option(32000, group="draft", help="draft vocabulary (the most frequent supervised tokens)")
     aux_layers: list[int] | None = option(
@@ -98,6 +102,10 @@ class TrainConfig:
                      "eval_interval", "log_interval", "tp_size", "max_length"):
             if getattr(self, name) < 1:
                 raise InputError("must be >= 1", field="--" + name.replace("_", "-"))
+        if self.num_workers is not None and self.num_workers < 0:
+            raise InputError("must be >= 0", field="--num-workers")
+        if self.prefetch_factor < 1:
+            raise InputError("must be >= 1", field="--prefetch-factor")
         for name in ("eval_holdout", "eval_decode"):
             if getattr(self, name) < 0:
                 raise InputError("must be >= 0", field="--" + name.replace("_", "-"))
