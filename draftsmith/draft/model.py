@@ -283,10 +283,13 @@ class StepPattern:
     """The attention of training-time test step k, without a mask tensor. The keys are a
     first block of `block` rows (step 0 of the whole sequence) followed by one block per
     later step holding the same rows as the queries; query r (sequence row `rows[r]`,
-    default r) sees first-block rows <= rows[r] and, in later blocks, only its own row."""
+    default r) sees first-block rows <= rows[r] and, in later blocks, only its own row.
+    `doc_ids` [B or 1, block] (packed rows: the conversation of each first-block row): the
+    first-block rows of other conversations are hidden too."""
 
     block: int
     rows: torch.Tensor | None = None
+    doc_ids: torch.Tensor | None = None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
@@ -296,7 +299,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> t
     (blockwise: T×T causal scores plus per-row diagonal scores, recomputed in backward
     rather than stored) or a flex-attention BlockMask."""
     if isinstance(attn_mask, StepPattern):
-        args = (q, k, v, attn_mask.block, attn_mask.rows)
+        args = (q, k, v, attn_mask.block, attn_mask.rows, attn_mask.doc_ids)
         if torch.is_grad_enabled():
             return checkpoint(_step_attention, *args, use_reentrant=False)
         return _step_attention(*args)
@@ -329,7 +332,7 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
 
 
 def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
-                    rows: torch.Tensor | None) -> torch.Tensor:
+                    rows: torch.Tensor | None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """StepPattern attention with grouped heads: O(R·t0 + R·k) scores instead of O(R·t0·k)."""
     b, h, r, d = q.shape
     kvh = k.shape[1]
@@ -340,6 +343,8 @@ def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t0: int,
     if rows is None:
         rows = torch.arange(r, device=q.device)
     allowed = torch.arange(t0, device=q.device)[None, :] <= rows[:, None]
+    if doc_ids is not None:                                  # [B, r, t0]: the query's conversation only
+        allowed = (allowed & (doc_ids[:, rows, None] == doc_ids[:, None, :]))[:, None, None]
     scale = d ** -0.5
     s0 = (qg @ k0.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
     sd = torch.einsum("bgrtd,bgntd->bgrtn", qg, kd) * scale

@@ -20,6 +20,16 @@ The target rows needed are the same at every step: positions q with loss_mask[q+
 (the feature store's top-K rows). Their distribution is computed once per batch, over the
 draft vocabulary only (the loss is a soft CE over the draft vocab).
 
+Packed rows (train/packing.py, `--packing`) hold several conversations: the batch then
+carries `position_ids` (restarting at 0 in each conversation) and `doc_ids` (the
+conversation of each position, -1 on padding). Every rule above then holds per
+conversation: rope position position_ids[p]+k, the token fed at step k is 0 once p+1+k
+leaves p's conversation (as past the end of an unpacked row), a target row needs q and q+1
+in one conversation, step k supervises q only if position_ids[q] >= k+1 (its row p = q-1-k
+is in q's conversation), and attention (step 0 and the first key block of later steps)
+never crosses a conversation. The loss (per-step mean over the batch's supervised rows)
+and the metrics are therefore those of the same conversations in unpacked rows.
+
 Accuracy is counted the way servers verify. SGLang (0.5.x, `eagle_worker.py` verify ->
 `eagle_info.py` `EagleVerifyInput.verify`, greedy path: `target_predict =
 torch.argmax(logits_output.next_token_logits, dim=-1)`) and vLLM (0.33,
@@ -60,43 +70,80 @@ class TTTResult:
     #                                                      None when the full-vocab argmax is unknown
 
 
-def target_rows(loss_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _same_doc(doc_ids: torch.Tensor, shift: int) -> torch.Tensor:
+    """bool [B, T-shift]: positions p and p+shift belong to one conversation (conversations are
+    contiguous, so every position between them does too)."""
+    return doc_ids[:, shift:] == doc_ids[:, : doc_ids.shape[1] - shift]
+
+
+def packed_layout(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(position_ids, doc_ids) of a packed batch, (None, None) for unpacked rows."""
+    doc_ids = batch.get("doc_ids")
+    if doc_ids is None:
+        return None, None
+    if "position_ids" not in batch:
+        raise ValueError("a packed batch (doc_ids) needs position_ids")
+    return batch["position_ids"], doc_ids
+
+
+def target_rows(loss_mask: torch.Tensor, attention_mask: torch.Tensor,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """bool [B, T]: positions q whose next token q+1 is supervised (where the target's
-    distribution is needed). Row T-1 never qualifies."""
+    distribution is needed) and, in a packed row, in q's conversation. Row T-1 never qualifies."""
     sup = (loss_mask.bool() & attention_mask.bool())
     rows = torch.zeros_like(sup)
     rows[:, :-1] = sup[:, 1:]
+    if doc_ids is not None:
+        rows[:, :-1] &= _same_doc(doc_ids, 1)
     return rows
 
 
-def step_inputs(input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids, rope positions) fed at step k: token p+1+k (0 past the end), position p+k."""
+def step_inputs(input_ids: torch.Tensor, k: int, position_ids: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, rope positions) fed at step k: token p+1+k (0 past the end of the row or of
+    p's conversation), position p+k (position_ids[p]+k in a packed row)."""
     b, t = input_ids.shape
     tokens = torch.zeros_like(input_ids)
     if 1 + k < t:
         tokens[:, : t - 1 - k] = input_ids[:, 1 + k:]
+        if doc_ids is not None:
+            tokens[:, : t - 1 - k] *= _same_doc(doc_ids, 1 + k)
+    if position_ids is not None:
+        return tokens, position_ids + k
     positions = torch.arange(k, t + k, device=input_ids.device).expand(b, t)
     return tokens, positions
 
 
-def ttt_mask(t: int, k: int, device: torch.device) -> torch.Tensor:
+def ttt_mask(t: int, k: int, device: torch.device, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """bool [1, 1, t, t·(k+1)] for step k: keys are [step 0 | step 1 | ... | step k] blocks of
-    t rows each; row p sees step-0 rows <= p and, in later blocks, only its own row."""
+    t rows each; row p sees step-0 rows <= p and, in later blocks, only its own row. With
+    `doc_ids` [B, t] (packed rows): [B, 1, t, t·(k+1)], step-0 rows of p's conversation only
+    (k = 0 is then the document-causal mask of step 0)."""
     rows = torch.arange(t, device=device)[:, None]
     cols = torch.arange(t * (k + 1), device=device)[None, :]
     block, col = cols // t, cols % t
-    return (((block == 0) & (col <= rows)) | ((block > 0) & (col == rows)))[None, None]
+    mask = (((block == 0) & (col <= rows)) | ((block > 0) & (col == rows)))[None, None]
+    if doc_ids is None:
+        return mask
+    same = (doc_ids[:, :, None] == doc_ids[:, None, :]).repeat(1, 1, k + 1)   # key column c: row c % t
+    return mask & same[:, None]
 
 
-def ttt_block_mask(t: int, k: int, device: torch.device):
-    """The same pattern as a flex-attention BlockMask (sparse: no t × t·(k+1) tensor)."""
+def ttt_block_mask(t: int, k: int, device: torch.device, doc_ids: torch.Tensor | None = None):
+    """The same pattern as a flex-attention BlockMask (sparse: no t × t·(k+1) tensor); with
+    `doc_ids` [B, t] one BlockMask row per batch row (blocks across conversations are skipped)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         block, col = kv_idx // t, kv_idx % t
         return ((block == 0) & (col <= q_idx)) | ((block > 0) & (col == q_idx))
 
-    return create_block_mask(mask_mod, None, None, t, t * (k + 1), device=device)
+    def doc_mask_mod(b, h, q_idx, kv_idx):
+        return mask_mod(b, h, q_idx, kv_idx) & (doc_ids[b, q_idx] == doc_ids[b, kv_idx % t])
+
+    if doc_ids is None:
+        return create_block_mask(mask_mod, None, None, t, t * (k + 1), device=device)
+    return create_block_mask(doc_mask_mod, doc_ids.shape[0], None, t, t * (k + 1), device=device)
 
 
 class FusedSoftCE(torch.autograd.Function):
@@ -159,23 +206,39 @@ def _plain_soft_ce(x, weight, row_weight, target_row, target_logp, topk_ids, top
     return (ce * row_weight).sum(), ce.detach(), logp.detach().argmax(-1)
 
 
-def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def step_rows(rows_b: torch.Tensor, rows_q: torch.Tensor, k: int,
+              rows_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which target rows step k supervises and from which draft row: target position q is
-    predicted at step k by row p = q-1-k (so only q >= k+1). Returns (keep mask, p)."""
-    keep = rows_q >= k + 1
+    predicted at step k by row p = q-1-k (so only q >= k+1; in a packed row, only where q's
+    position in its conversation `rows_pos` >= k+1). Returns (keep mask, p)."""
+    keep = (rows_q if rows_pos is None else rows_pos) >= k + 1
     return keep, rows_q[keep] - 1 - k
 
 
-def live_rows(target: torch.Tensor, length: int) -> list[torch.Tensor]:
+def step_counts(batch: dict[str, torch.Tensor], length: int) -> list[int]:
+    """Supervised rows per TTT step of a batch (`TTTResult.count`, known before the forward):
+    what the trainer sums over micro-batches and data-parallel ranks to normalize the loss."""
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(batch["input_ids"])
+    position_ids, doc_ids = packed_layout(batch)
+    qb, qq = target_rows(batch["loss_mask"], attention_mask, doc_ids).nonzero(as_tuple=True)
+    qpos = None if position_ids is None else position_ids[qb, qq]
+    return [int(step_rows(qq, qq, k, qpos)[0].sum()) for k in range(length)]
+
+
+def live_rows(target: torch.Tensor, length: int, doc_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
     """live[k] bool [B, T]: row p still predicts a supervised token at some step k' >= k
-    (target row p+1+k' is set). Rows of later steps only feed their own chain, so a row
-    that is not live needs no computation from step k on."""
+    (target row p+1+k' is set, in p's conversation). Rows of later steps only feed their own
+    chain, so a row that is not live needs no computation from step k on."""
     b, t = target.shape
     live, acc = [], torch.zeros_like(target, dtype=torch.bool)
     for k in reversed(range(length)):
         shifted = torch.zeros_like(acc)
         if 1 + k < t:
             shifted[:, : t - 1 - k] = target[:, 1 + k:]
+            if doc_ids is not None:
+                shifted[:, : t - 1 - k] &= _same_doc(doc_ids, 1 + k)
         acc = acc | shifted
         live.append(acc)
     return live[::-1]
@@ -198,29 +261,35 @@ def layer_fn(draft: Eagle3Draft, checkpointing: bool):
 
 def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch.Tensor, length: int,
            attention: str = "blockwise", live: list[torch.Tensor] | None = None,
-           checkpointing: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+           checkpointing: bool = False, position_ids: torch.Tensor | None = None,
+           doc_ids: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (k, outputs [N, H], index [B, T]) for steps 0..length-1: the pre-norm outputs of
     the rows computed at step k, and for each (b, p) its row in `outputs` (-1: not computed).
     Step 0 computes every row; with `live` (blockwise attention) later steps compute only the
-    live rows, one batch element at a time. `checkpointing`: see `layer_fn`."""
+    live rows, one batch element at a time. `checkpointing`: see `layer_fn`. `position_ids`,
+    `doc_ids` [B, T]: packed rows (module docstring); attention stays within a conversation
+    (step 0: the document-causal mask, a bool tensor for SDPA, a BlockMask for flex)."""
     b, t = input_ids.shape
     layer = layer_fn(draft, checkpointing)
-    tokens, positions = step_inputs(input_ids, 0)
-    out, (k0, v0) = layer(tokens, draft.project(aux_hidden_states), positions)   # causal
+    tokens, positions = step_inputs(input_ids, 0, position_ids, doc_ids)
+    mask0 = None                                                                   # causal
+    if doc_ids is not None:
+        mask0 = (ttt_block_mask if attention == "flex" else ttt_mask)(t, 0, input_ids.device, doc_ids)
+    out, (k0, v0) = layer(tokens, draft.project(aux_hidden_states), positions, attn_mask=mask0)
     dense = torch.arange(b * t, device=input_ids.device).view(b, t)
     yield 0, out.reshape(b * t, -1), dense
     if live is not None and attention == "blockwise":
-        yield from _live_steps(layer, input_ids, out, k0, v0, length, live)
+        yield from _live_steps(layer, input_ids, out, k0, v0, length, live, position_ids, doc_ids)
         return
     past_k, past_v, hidden = k0, v0, out
     for k in range(1, length):
-        tokens, positions = step_inputs(input_ids, k)
+        tokens, positions = step_inputs(input_ids, k, position_ids, doc_ids)
         if attention == "flex":
-            mask = ttt_block_mask(t, k, input_ids.device)
+            mask = ttt_block_mask(t, k, input_ids.device, doc_ids)
         elif attention == "sdpa":
-            mask = ttt_mask(t, k, input_ids.device)
+            mask = ttt_mask(t, k, input_ids.device, doc_ids)
         elif attention == "blockwise":
-            mask = StepPattern(t)
+            mask = StepPattern(t, doc_ids=doc_ids)
         else:
             raise ValueError(f"unknown TTT attention {attention!r} (blockwise, sdpa, flex)")
         hidden, (key, value) = layer(tokens, hidden, positions, attn_mask=mask, past_kv=(past_k, past_v))
@@ -228,7 +297,7 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
         yield k, hidden.reshape(b * t, -1), dense
 
 
-def _live_steps(layer, input_ids, out0, k0, v0, length, live):
+def _live_steps(layer, input_ids, out0, k0, v0, length, live, position_ids=None, doc_ids=None):
     b, t = input_ids.shape
     device = input_ids.device
     state = [{"rows": torch.arange(t, device=device), "hidden": out0[i], "diag": []} for i in range(b)]
@@ -243,12 +312,14 @@ def _live_steps(layer, input_ids, out0, k0, v0, length, live):
             if rows.numel() == 0:
                 st["diag"] = []
                 continue
-            nxt = rows + 1 + k
+            nxt = rows + 1 + k                                    # a live row's: inside its conversation
             tokens = torch.where(nxt < t, input_ids[i, nxt.clamp(max=t - 1)], torch.zeros_like(nxt))
+            positions = rows + k if position_ids is None else position_ids[i, rows] + k
             past = (torch.cat([k0[i:i + 1]] + [d[0] for d in diag], dim=2),
                     torch.cat([v0[i:i + 1]] + [d[1] for d in diag], dim=2))
-            o, (key, value) = layer(tokens[None], st["hidden"][sel][None], (rows + k)[None],
-                                    attn_mask=StepPattern(t, rows), past_kv=past)
+            pattern = StepPattern(t, rows, None if doc_ids is None else doc_ids[i:i + 1])
+            o, (key, value) = layer(tokens[None], st["hidden"][sel][None], positions[None],
+                                    attn_mask=pattern, past_kv=past)
             st["hidden"], st["diag"] = o[0], diag + [(key, value)]
             outs.append(o[0])
             index[i, rows] = torch.arange(offset, offset + rows.numel(), device=device)
@@ -270,7 +341,7 @@ def full_vocab_argmax(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tens
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
                 attention: str = "blockwise", fused_loss: bool = True,
-                checkpointing: bool = False) -> TTTResult:
+                checkpointing: bool = False, step_norm: list[float] | None = None) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -285,12 +356,20 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     the memory-efficient kernel on CUDA). fused_loss=False uses plain autograd for the loss
     (reference for tests; keeps every step's logits). checkpointing: recompute each step's
     layer activations in backward (`layer_fn`; same loss and gradients, less memory).
+    step_norm: the divisor of step k's CE sum (default: this batch's count, a per-step mean);
+    the trainer passes the count over its whole global batch (`step_counts` summed over
+    micro-batches and ranks), so that any split of that batch gives the same gradient.
+    A packed batch (train/packing.py) adds position_ids and doc_ids [B, T]: the loss and
+    metrics are those of its conversations in unpacked rows (module docstring).
     """
     input_ids = batch["input_ids"]
     attention_mask = batch.get("attention_mask")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    qb, qq = target_rows(batch["loss_mask"], attention_mask).nonzero(as_tuple=True)
+    position_ids, doc_ids = packed_layout(batch)
+    target = target_rows(batch["loss_mask"], attention_mask, doc_ids)
+    qb, qq = target.nonzero(as_tuple=True)
+    qpos = None if position_ids is None else position_ids[qb, qq]
 
     with torch.no_grad():
         target_logp = topk_ids = topk_logp = None
@@ -317,23 +396,24 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     rows_x, row_w, step_of_row, counts = [], [], [], []
     # every parameter stays in the graph even when a batch supervises nothing (DDP)
     pad = 0.0 * (draft.lm_head.weight.sum() + draft.norm.weight.sum())
-    live = live_rows(target_rows(batch["loss_mask"], attention_mask), length)
+    live = live_rows(target, length, doc_ids)
     for k, out, index in unroll(draft, input_ids, batch["aux_hidden_states"], length, attention, live,
-                                 checkpointing):
-        keep, rows_p = step_rows(qb, qq, k)
+                                 checkpointing, position_ids, doc_ids):
+        keep, rows_p = step_rows(qb, qq, k, qpos)
         n = int(keep.sum())
         counts.append(n)
         pad = pad + 0.0 * out.sum()
         if n:
             rows_x.append(draft.norm(out[index[qb[keep], rows_p]]))
-            row_w.append(torch.full((n,), decay ** k / n, device=out.device))
+            row_w.append(torch.full((n,), decay ** k / (n if step_norm is None else step_norm[k]),
+                                    device=out.device))
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
     result = TTTResult(loss=pad, count=counts)
     if not rows_x:
         result.loss_sum, result.correct_draft_vocab = [0.0] * length, [0] * length
         result.correct_served = None if served_argmax is None else [0] * length
         return result
-    keep_all = torch.cat([step_rows(qb, qq, k)[0].nonzero().flatten() for k in range(length)])
+    keep_all = torch.cat([step_rows(qb, qq, k, qpos)[0].nonzero().flatten() for k in range(length)])
     x = torch.cat(rows_x)
     args = (x, draft.lm_head.weight, torch.cat(row_w), keep_all, target_logp, topk_ids, topk_logp,
             max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size))
