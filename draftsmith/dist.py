@@ -2,9 +2,14 @@
 
 A plain `python` process is world size 1 and never touches torch.distributed. Under
 torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment) `init_distributed` starts the
-default group: gloo on CPU, nccl on CUDA. `device_mesh` splits the world into
-(dp, tp) so tensor-parallel groups of `tp_size` ranks each hold one model replica and
-the replicas share the data.
+default group: gloo on CPU, nccl on CUDA.
+
+Layout: a world of W ranks with `--tp-size` t is W / t data-parallel replicas, each a
+tensor-parallel group of t *consecutive* ranks (rank r is tp rank r % t of replica r // t;
+`dp_coords`, `device_mesh`). torchrun numbers ranks node by node, so with
+nproc_per_node a multiple of t a group never spans two nodes (its all-reduces stay on the
+node's fast links) and only the data-parallel traffic crosses nodes. The same holds for
+`--nnodes N` on one host: the layout depends on RANK / WORLD_SIZE alone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1          # ranks on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -57,13 +63,28 @@ def init_distributed(device: str | None = None, timeout_minutes: float = 240.0) 
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev,
+                    local_world_size=_env_int("LOCAL_WORLD_SIZE", world))
+
+
+def check_tp_size(info: DistInfo, tp_size: int) -> None:
+    """Refuse a --tp-size that does not cut the world into whole groups; warn when a group would
+    span two nodes (legal, but its all-reduces would then cross the network)."""
+    if tp_size < 1 or info.world_size % tp_size:
+        raise DraftsmithError(f"--tp-size {tp_size} must divide the number of torchrun processes "
+                              f"({info.world_size}): the world is cut into groups of {tp_size} consecutive ranks, "
+                              "one model replica each")
+    if tp_size > 1 and info.local_world_size % tp_size and info.local_world_size < info.world_size:
+        from draftsmith.logs import get_logger
+
+        get_logger(__name__).warning(
+            "--tp-size %d does not divide the %d processes per node: some tensor-parallel groups span two nodes",
+            tp_size, info.local_world_size)
 
 
 def device_mesh(info: DistInfo, tp_size: int):
     """A 2-D DeviceMesh ("dp", "tp"): ranks r with the same r // tp_size form one tp group."""
-    if tp_size < 1 or info.world_size % tp_size:
-        raise DraftsmithError(f"--tp-size {tp_size} must divide the world size {info.world_size}")
+    check_tp_size(info, tp_size)
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh(info.device.type, (info.world_size // tp_size, tp_size), mesh_dim_names=("dp", "tp"))
@@ -71,6 +92,7 @@ def device_mesh(info: DistInfo, tp_size: int):
 
 def dp_coords(info: DistInfo, tp_size: int) -> tuple[int, int]:
     """(dp_rank, dp_size): which data-parallel replica this rank belongs to, and how many there are."""
+    check_tp_size(info, tp_size)
     return info.rank // tp_size, info.world_size // tp_size
 
 

@@ -13,6 +13,9 @@ of a sample independent of the padding side and of its batch neighbours.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -151,6 +154,64 @@ class HFTarget:
         self._hooks.clear()
 
 
+@contextlib.contextmanager
+def _tp_groups(tp_size: int, world: int, device: torch.device):
+    """For the length of a load, make transformers shard over this rank's group of `tp_size`
+    consecutive ranks (draftsmith.dist's ("dp", "tp") layout) instead of over the whole world.
+
+    transformers has no argument for a sub-mesh: `from_pretrained` overwrites any `device_mesh=`
+    it is given with the mesh `initialize_distributed_mesh(distributed_config)` builds (5.24
+    modeling_utils.py:4245-4249, 5.18 modeling_utils.py:4165-4167), and that function refuses a
+    world larger than the product of the config's sizes (5.24 distributed/utils.py:312-317, 5.18
+    distributed/utils.py:249-254). So the name `initialize_distributed_mesh` in
+    transformers.distributed.mixin (5.24 mixin.py:187, 5.18 mixin.py:160), and only it, answers
+    with a mesh whose "tp" sub-mesh is this rank's group:
+
+    - 5.24 (DistributedConfig has `dp_replicate_size`): transformers' own function asked for
+      dp_replicate_size = world // tp_size. Its dense mesh (pp, dp_replicate, fsdp, tp)
+      (distributed/utils.py:298-325) then holds one tp group per replica, and the model's config
+      keeps dp_replicate_size = 1, so `maybe_distribute_model` applies tensor parallelism over
+      `get_mesh("tp")` and no FSDP (mixin.py:326-341).
+    - 5.18 (no `dp_replicate_size`): a ("dp", "tp") mesh of our own and its 1-D "tp" sub-mesh, the
+      shape that version's function returns for a TP-only config (distributed/utils.py:224-269);
+      `maybe_distribute_model` shards over it as given (mixin.py:183-187).
+
+    Sharding and loading use the mesh's local rank, never the global one, so the replicas are
+    independent: each runs its forwards with collectives inside its own group only.
+    """
+    from transformers.distributed import DistributedConfig
+    from transformers.distributed import mixin
+
+    original = mixin.initialize_distributed_mesh
+    dp = world // tp_size
+    if "dp_replicate_size" in getattr(DistributedConfig, "__dataclass_fields__", {}):
+        def build(config):
+            return original(dataclasses.replace(config, dp_replicate_size=dp * config.dp_replicate_size))
+    else:
+        from transformers.distributed import utils as tdu
+
+        if hasattr(tdu, "TransformersDeviceMesh"):  # a version between the two shapes above: not known
+            raise DraftsmithError("this transformers version cannot shard over tensor-parallel groups smaller "
+                                  f"than the world: use --tp-size {world} or transformers 5.18 / >= 5.24")
+
+        def build(config):
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(device.type, (dp, tp_size), mesh_dim_names=("dp", "tp"))
+            return device, mesh["tp"]
+    mixin.initialize_distributed_mesh = build
+    try:
+        yield
+    finally:
+        mixin.initialize_distributed_mesh = original
+
+
+def _tp_mesh_size(model: nn.Module) -> int | None:
+    """The size of the mesh the model was sharded over (transformers keeps it as `_device_mesh`)."""
+    mesh = getattr(model, "_device_mesh", None)
+    return None if mesh is None else int(mesh["tp"].size() if mesh.ndim > 1 else mesh.size())
+
+
 def load_target(model_path: str, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu",
                 aux_layers: list[int] | None = None, tp_size: int = 1, trust_remote_code: bool = False,
                 stage: str = "target") -> HFTarget:
@@ -159,28 +220,39 @@ def load_target(model_path: str, dtype: torch.dtype | str = "auto", device: str 
     `dtype` a name or 'auto' is resolved by draftsmith.target.dtype (bf16 on CUDA and on CPUs
     with native bf16, else float32) and logged under `stage`; a torch.dtype is used as given.
 
-    `tp_size > 1` shards the model with transformers' tensor parallelism; transformers
-    builds that DeviceMesh over the whole torchrun world, so tp_size must equal the world
-    size (one replica spread over every rank; see docs/feature-store.md).
+    `tp_size > 1` shards the model with transformers' tensor parallelism
+    (`DistributedConfig(tp_size=...)`) over groups of `tp_size` consecutive torchrun ranks:
+    the world is world // tp_size data-parallel replicas of one model each (8 ranks as 4 x TP 2;
+    draftsmith.dist.dp_coords says which replica a rank is in). With one replica transformers
+    builds its mesh as usual; with more, `_tp_groups` hands it the per-replica mesh. Every rank
+    of a group must run the same forwards (they exchange activations), and each gets the full
+    features. See docs/feature-store.md ("Distributed").
     """
     from transformers import AutoModelForCausalLM
 
     if not isinstance(dtype, torch.dtype):
         dtype = resolve_dtype(dtype, device, stage)
     kwargs: dict = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    groups = contextlib.nullcontext()
     if tp_size > 1:
         import torch.distributed as dist
         from transformers.distributed import DistributedConfig
 
         world = dist.get_world_size() if dist.is_initialized() else 1
-        if world != tp_size:
-            raise DraftsmithError(f"--tp-size {tp_size} needs exactly {tp_size} torchrun processes, got {world}: "
-                                  "transformers' tensor parallelism spans the whole world (no dp x tp groups)")
+        if world % tp_size:
+            raise DraftsmithError(f"--tp-size {tp_size} must divide the number of torchrun processes ({world}): "
+                                  f"the world is cut into groups of {tp_size} ranks, one model replica each")
         kwargs["distributed_config"] = DistributedConfig(tp_size=tp_size)
+        if world > tp_size:
+            groups = _tp_groups(tp_size, world, torch.device(device))
     else:
         kwargs["device_map"] = {"": str(torch.device(device))}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
+        with groups:
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
     except (OSError, ValueError) as e:
         raise DraftsmithError(f"cannot load target model {model_path}: {e}") from e
+    if tp_size > 1 and _tp_mesh_size(model) != tp_size:
+        raise DraftsmithError(f"transformers sharded {model_path} over {_tp_mesh_size(model)} ranks, not the "
+                              f"--tp-size {tp_size} asked for (an unsupported transformers version?)")
     return HFTarget(model, aux_layers)
