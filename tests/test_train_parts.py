@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 
@@ -32,8 +30,8 @@ def _module_and_optimizer(seed: int):
 
 
 def test_checkpoint_round_trip_without_pickle(tmp_path, monkeypatch):
-    """Weights, AdamW state, scheduler, every RNG and the trainer state come back exactly, from
-    safetensors + JSON only (torch.load / pickle never run)."""
+    """Weights, AdamW state, scheduler and the trainer state come back exactly, from DCP's
+    safetensors storage + JSON only (torch.load / pickle never run), in one process (no group)."""
     info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     draft, module, optimizer, scheduler = _module_and_optimizer(0)
     for _ in range(2):
@@ -41,23 +39,25 @@ def test_checkpoint_round_trip_without_pickle(tmp_path, monkeypatch):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-    random.seed(5), np.random.seed(5), torch.manual_seed(5)
     manager = CheckpointManager(tmp_path, info)
-    state = {"global_step": 2, "epoch": 0, "batch_in_epoch": 2, "best": {"value": 1.5, "step": 2}}
+    state = {"global_step": 2, "epoch": 0, "data": {"epoch": 0, "step_in_epoch": 2},
+             "best": {"value": 1.5, "step": 2}}
     path = manager.save("step_2", module, draft, optimizer, scheduler, state, {"seed": 0})
-    expect_rng = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    assert sorted(p.name for p in (path / STATE_DIR).iterdir()) == [
-        "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer.json"]
+    files = sorted(p.name for p in (path / STATE_DIR).iterdir())
+    assert [f for f in files if not f.endswith(".safetensors")] == ["optimizer.json", "trainer.json"]
+    assert [f for f in files if f.endswith(".safetensors")]                 # the DCP shard(s)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", STATE_DIR]
+    assert not list(tmp_path.glob(".*"))                           # the temporary folder was renamed
 
     def no_pickle(*a, **k):
         raise AssertionError("checkpoints must not be unpickled")
 
     monkeypatch.setattr(torch, "load", no_pickle)
     monkeypatch.setattr("pickle.loads", no_pickle)
+    monkeypatch.setattr("pickle.load", no_pickle)
     draft2, module2, optimizer2, scheduler2 = _module_and_optimizer(1)
     meta = manager.load(manager.find_resume("latest"), module2, optimizer2, scheduler2)
-    assert (meta["global_step"], meta["batch_in_epoch"], meta["best"]) == (2, 2, state["best"])
-    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expect_rng
+    assert (meta["global_step"], meta["data"], meta["best"]) == (2, state["data"], state["best"])
     for (name, a), (_, b) in zip(module.state_dict().items(), module2.state_dict().items()):
         assert torch.equal(a, b), name
     s1, s2 = optimizer.state_dict(), optimizer2.state_dict()
@@ -70,6 +70,22 @@ def test_checkpoint_round_trip_without_pickle(tmp_path, monkeypatch):
     manager.save("best", module, draft, optimizer, scheduler, {**state, "global_step": 9}, {})
     assert manager.find_resume("latest").name == "step_2"
     assert manager.find_resume(str(tmp_path / "best")).name == "best"
+
+
+def test_checkpoint_of_the_earlier_format_is_refused_naming_the_folder(tmp_path):
+    """A pre-DCP checkpoint (optimizer.safetensors + rng.safetensors, no format in trainer.json)."""
+    from draftsmith.errors import InputError
+
+    old = tmp_path / "step_4"
+    (old / STATE_DIR).mkdir(parents=True)
+    (old / STATE_DIR / "trainer.json").write_text(json.dumps({"global_step": 4, "epoch": 0, "batch_in_epoch": 4}))
+    info = dist.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    manager = CheckpointManager(tmp_path, info)
+    assert manager.find_resume("latest") == old
+    _, module, optimizer, scheduler = _module_and_optimizer(0)
+    with pytest.raises(InputError, match="earlier draftsmith") as err:
+        manager.load(old, module, optimizer, scheduler)
+    assert str(old) in str(err.value)
 
 
 class _FakeWandb(types.ModuleType):

@@ -1,88 +1,74 @@
 """Training checkpoints ✱: one manager that saves, loads and finds them.
 
 A checkpoint `<output-dir>/<name>/` (`step_<N>`, `best`, `final`) is a folder SGLang loads as
-it is (config.json + model.safetensors, written by `Eagle3Draft.save_pretrained`) plus
-`training_state/`, enough for `--resume` to continue the exact same run:
+it is (config.json + model.safetensors, written by `Eagle3Draft.save_pretrained` from the full
+state dict gathered on rank 0) plus `training_state/`, what `--resume` needs to continue the
+run on any number of ranks:
 
-    optimizer.safetensors   every tensor of the optimizer state, named "<param index>::<name>"
-    optimizer.json          param_groups and the non-tensor state entries (AdamW's `step` ...)
-    rng.safetensors         torch (+ CUDA) generator states and numpy's key array
-    trainer.json            data position (global_step, epoch, batch_in_epoch), the LR scheduler,
-                            python/numpy RNG scalars, world size, the best/ tracker and the config
+    shard-<r>-model-00001-of-00001.safetensors
+                      torch.distributed.checkpoint (DCP) of the draft's weights and buffers and
+                      the AdamW state, written by every rank in parallel through DCP's safetensors
+                      storage (`HuggingFaceStorageWriter(save_distributed=True)`): under FSDP2
+                      each rank's shards, under DDP / one process each tensor once; every
+                      piece's offsets are in its file's safetensors metadata, so DCP loads
+                      them into any sharding (2 ranks -> 1 and 1 -> 2).
+    optimizer.json    the optimizer's param_groups (hyper-parameters, parameter names)
+    trainer.json      format and version, global step, data position (train/data.py
+                      `DataOrder.position`: epoch, optimizer steps in it, global batch, seed),
+                      the LR scheduler, the best/ tracker, the world size and the config
 
-Safe by construction: safetensors and JSON only — no pickle anywhere, and nothing is read
-with `torch.load`. Model and optimizer state go through `torch.distributed.checkpoint.
-state_dict` (full, CPU-offloaded state dicts), so the same files serve a single process,
-DDP and FSDP2. Rank 0 writes the folder under a temporary name and renames it when complete
-(a crash never leaves a half-written checkpoint under its real name).
+No RNG state is saved: the training step draws no random numbers (the data order is a
+function of the seed, the epoch and the position), so nothing depends on one.
+
+Safe by construction: safetensors and JSON only — DCP's default storage pickles its
+metadata, the safetensors storage does not, and nothing is read with `torch.load`. The folder
+is written under a temporary name (every rank writes its DCP shard there; all ranks must see
+one filesystem, as for any DCP checkpoint) and renamed by rank 0 once complete, so a crash
+never leaves a half-written checkpoint under its real name. Checkpoints of the earlier format
+(optimizer.safetensors + rng.safetensors, before DCP) are refused with an error naming the
+folder: their weights still load (`Eagle3Draft.from_pretrained`, export), their state does not.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from draftsmith import dist
-from draftsmith.errors import InputError
+from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.fsutil import write_json_atomic
 
 STATE_DIR = "training_state"
 RESUMABLE = ("step_*", "final")   # what `--resume latest` picks from (best/ is resumed only by name)
+FORMAT, VERSION = "draftsmith-training-state", 2
 
 
-# ----- optimizer and RNG state as tensors + JSON -------------------------------------------------
+def _dcp():
+    import torch.distributed.checkpoint as dcp
 
-def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
-    for key, entry in state["state"].items():
-        meta["state"][str(key)] = {}
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{key}::{name}"] = value.detach().cpu().contiguous()
-                meta["state"][str(key)][name] = {"tensor": f"{key}::{name}"}
-            else:
-                meta["state"][str(key)][name] = {"value": value}
-    return tensors, meta
+    # one process (no group) is a supported DCP use, not worth a warning per checkpoint
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+
+    if not hasattr(dcp, "HuggingFaceStorageWriter"):
+        raise DraftsmithError(f"training checkpoints need torch.distributed.checkpoint's safetensors storage "
+                              f"(HuggingFaceStorageWriter, torch >= 2.9); this torch is {torch.__version__}")
+    return dcp
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state = {}
-    for key, entry in meta["state"].items():
-        state[key] = {name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entry.items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
+def sharded_state(module: torch.nn.Module, optimizer) -> tuple[dict, list]:
+    """({"model": ..., "optim": {"state": ...}}, param_groups): this rank's part of the training
+    state as DCP saves and loads it (DTensor shards under FSDP2, plain tensors otherwise)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    model_state, optim_state = get_state_dict(module, optimizer)
+    groups = optim_state.pop("param_groups")
+    return {"model": model_state, "optim": optim_state}, groups
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """This process's python / numpy / torch (/ CUDA) generator states as (tensors, JSON)."""
-    py, np_state = random.getstate(), np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(),
-               "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))}
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    for i, s in enumerate(cuda):
-        tensors[f"cuda_{i}"] = s
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])], "cuda": len(cuda)}
-    return tensors, meta
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    p = meta["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], tensors["numpy_keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
-    torch.set_rng_state(tensors["torch"])
-    if meta.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[f"cuda_{i}"] for i in range(meta["cuda"])])
-
-
-# ----- the manager -------------------------------------------------------------------------------
 
 class CheckpointManager:
     """Saves and loads the checkpoints of one output dir. `module` is the unwrapped training module
@@ -94,29 +80,27 @@ class CheckpointManager:
 
     def save(self, name: str, module: torch.nn.Module, draft, optimizer, scheduler, state: dict,
              config: dict) -> Path:
-        """Write `<output_dir>/<name>/`; `state` holds global_step, epoch, batch_in_epoch and best."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        """Write `<output_dir>/<name>/`; `state` holds global_step, epoch, the data position and best
+        (collective: every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(module, options=opts)           # collective under FSDP
-        optim_state = get_optimizer_state_dict(module, optimizer, options=opts)
-        final = self.output_dir / name
+        dcp = _dcp()
+        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sharded, groups = sharded_state(module, optimizer)
+        final, tmp = self.output_dir / name, self.output_dir / f".{name}.tmp"
         if self.info.is_main:
-            tmp = self.output_dir / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            weights = {k.removeprefix("draft."): v.contiguous() for k, v in model_state.items()}
+            (tmp / STATE_DIR).mkdir(parents=True)
+        dist.barrier()
+        dcp.save(sharded, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp / STATE_DIR), save_distributed=True),
+                 no_dist=not torch.distributed.is_initialized())
+        if self.info.is_main:
+            weights = {k.removeprefix("draft."): v.contiguous() for k, v in full.items()}
             weights["d2t"], weights["t2d"] = weights["d2t"].long(), weights["t2d"].bool()
             draft.save_pretrained(tmp, state_dict=weights)
-            state_dir = tmp / STATE_DIR
-            state_dir.mkdir()
-            tensors, meta = flatten_optimizer(optim_state)
-            save_file(tensors, str(state_dir / "optimizer.safetensors"))
-            write_json_atomic(state_dir / "optimizer.json", meta)
-            rng_tensors, rng_meta = rng_state()
-            save_file(rng_tensors, str(state_dir / "rng.safetensors"))
-            write_json_atomic(state_dir / "trainer.json", {
-                **state, "scheduler": scheduler.state_dict(), "rng": rng_meta,
+            write_json_atomic(tmp / STATE_DIR / "optimizer.json", {"param_groups": groups})
+            write_json_atomic(tmp / STATE_DIR / "trainer.json", {
+                "format": FORMAT, "version": VERSION, **state, "scheduler": scheduler.state_dict(),
                 "world_size": self.info.world_size, "config": config})
             if final.exists():
                 old = self.output_dir / f".{name}.old"
@@ -130,24 +114,29 @@ class CheckpointManager:
         return final
 
     def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> dict:
-        """Restore weights, optimizer, scheduler and RNG from `path`; return its trainer.json."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        """Restore weights, optimizer and scheduler from `path` (saved with any world size); return
+        its trainer.json (the caller checks and restores the data position)."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
+        path = Path(path)
         state_dir = path / STATE_DIR
         meta = json.loads((state_dir / "trainer.json").read_text(encoding="utf-8"))
-        if meta["world_size"] != self.info.world_size:
-            raise InputError(f"checkpoint was written by {meta['world_size']} ranks, this run has "
-                             f"{self.info.world_size}: the data position would not match", path=path,
+        if meta.get("format") != FORMAT:
+            raise InputError("a training checkpoint of an earlier draftsmith (optimizer.safetensors + "
+                             "rng.safetensors, before torch.distributed.checkpoint): its state cannot be resumed "
+                             "by this version; its weights (model.safetensors) still load and export", path=path,
                              field="--resume")
-        weights = load_file(str(path / "model.safetensors"))
-        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-        set_model_state_dict(module, {f"draft.{k}": v for k, v in weights.items()}, options=opts)
-        optim_meta = json.loads((state_dir / "optimizer.json").read_text(encoding="utf-8"))
-        optim = unflatten_optimizer(load_file(str(state_dir / "optimizer.safetensors")), optim_meta)
-        set_optimizer_state_dict(module, optimizer, optim, options=opts)
+        if meta.get("version", 0) > VERSION:
+            raise InputError(f"training state version {meta['version']} is newer than this draftsmith's {VERSION}",
+                             path=state_dir / "trainer.json", field="version")
+        dcp = _dcp()
+        sharded, _ = sharded_state(module, optimizer)
+        dcp.load(sharded, storage_reader=dcp.HuggingFaceStorageReader(str(state_dir)),
+                 no_dist=not torch.distributed.is_initialized())
+        groups = json.loads((state_dir / "optimizer.json").read_text(encoding="utf-8"))["param_groups"]
+        set_state_dict(module, optimizer, model_state_dict=sharded["model"],
+                       optim_state_dict={**sharded["optim"], "param_groups": groups})
         scheduler.load_state_dict(meta["scheduler"])
-        restore_rng(load_file(str(state_dir / "rng.safetensors")), meta["rng"])
         return meta
 
     def find_resume(self, resume: str) -> Path | None:

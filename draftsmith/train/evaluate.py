@@ -50,8 +50,17 @@ class SubsetSource:
         lengths = self.source.lengths
         return [lengths[i] for i in self.indices]
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        return self.source.batch([self.indices[i] for i in indices], device)
+    def batch(self, indices: list[int], device: torch.device, row_sizes: list[int] | None = None):
+        return self.source.batch([self.indices[i] for i in indices], device, row_sizes)
+
+    def item(self, i: int) -> dict[str, torch.Tensor]:          # the DataLoader's steps (train/data.py)
+        return self.source.item(self.indices[i])
+
+    def collate(self, items, row_sizes=None):
+        return self.source.collate(items, row_sizes)
+
+    def finish(self, batch, device, row_sizes=None):
+        return self.source.finish(batch, device, row_sizes)
 
     def prompt_ids(self, i: int) -> list[int]:
         return self.source.prompt_ids(self.indices[i])

@@ -4,7 +4,12 @@
 tokenized rows inside the loop. `build_sources(cfg, ...)` is the one place that makes
 them from a `TrainConfig` (and the held-out split, train/evaluate.py) and gathers what the
 draft needs from the target (`SourceSetup`). Both sources turn a list of sample indices
-into the same right-padded batch dict, so the trainer never knows which one it holds:
+into the same right-padded batch dict, so the trainer never knows which one it holds
+(with `row_sizes`, `--packing`: consecutive samples packed into rows, train/packing.py,
+adding position_ids and doc_ids; online, the target still runs on each conversation alone).
+`batch` is three steps that the training DataLoader (train/data.py) splits: `item(i)` (read,
+decode, truncate one sample) and `collate` (pad or pack) in its worker processes, `finish`
+(to the device; online, the target's forward) in the main process:
 
     input_ids, loss_mask, attention_mask   [B, T] int64
     aux_hidden_states                      [B, T, 3·Ht]
@@ -27,6 +32,7 @@ import torch
 from draftsmith import dist
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.train.evaluate import SubsetSource, holdout_split
+from draftsmith.train.packing import pack_items, split_padded
 
 
 def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -69,15 +75,22 @@ class OfflineSource:
     def lengths(self) -> list[int]:
         return [min(n, self.max_length or n) for n in self.store.lengths]
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        items = []
-        for i in indices:
-            item = {k: v for k, v in self.store[i].items() if isinstance(v, torch.Tensor)}
-            if self.max_length:
-                item = {k: v[: self.max_length] for k, v in item.items()}
-            items.append(item)
-        return to_device(pad_batch(items), device)
+    def item(self, i: int) -> dict[str, torch.Tensor]:
+        """Sample i decoded and truncated (runs in the DataLoader's workers, train/data.py)."""
+        item = {k: v for k, v in self.store[i].items() if isinstance(v, torch.Tensor)}
+        if self.max_length:
+            item = {k: v[: self.max_length] for k, v in item.items()}
+        return item
 
+    def collate(self, items: list[dict[str, torch.Tensor]], row_sizes: list[int] | None = None):
+        return pack_items(items, row_sizes) if row_sizes else pad_batch(items)
+
+    def finish(self, batch: dict[str, torch.Tensor], device: torch.device, row_sizes: list[int] | None = None):
+        return to_device(batch, device)
+
+    def batch(self, indices: list[int], device: torch.device,
+              row_sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
+        return self.finish(self.collate([self.item(i) for i in indices], row_sizes), device, row_sizes)
 
     def prompt_ids(self, i: int) -> list[int]:
         raw = self.store.raw(i)
@@ -106,19 +119,32 @@ class OnlineSource:
         row = self.dataset[i]
         return first_prompt(row["input_ids"], row["loss_mask"])
 
-    def batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        rows = self.dataset.select(indices)
-        items = []
-        for ids, mask in zip(rows["input_ids"], rows["loss_mask"]):
-            ids, mask = ids[: self.max_length or len(ids)], mask[: self.max_length or len(mask)]
-            items.append({"input_ids": torch.tensor(ids, dtype=torch.long),
-                          "loss_mask": torch.tensor(mask, dtype=torch.long)})
-        batch = pad_batch(items)
+    def item(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.dataset[i]
+        ids, mask = row["input_ids"], row["loss_mask"]
+        ids, mask = ids[: self.max_length or len(ids)], mask[: self.max_length or len(mask)]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "loss_mask": torch.tensor(mask, dtype=torch.long)}
+
+    def collate(self, items: list[dict[str, torch.Tensor]], row_sizes: list[int] | None = None):
+        return pad_batch(items)          # the target runs on each conversation's own row (finish)
+
+    def batch(self, indices: list[int], device: torch.device,
+              row_sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
+        return self.finish(self.collate([self.item(i) for i in indices], row_sizes), device, row_sizes)
+
+    def finish(self, batch: dict[str, torch.Tensor], device: torch.device,
+               row_sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """The target's features of a padded batch, in the main process (packed after, if asked)."""
         feats = self.target.features(batch["input_ids"], batch["attention_mask"])
         batch = to_device(batch, device)
         batch["aux_hidden_states"] = feats["aux_hidden_states"].to(device)
         batch["hidden_state"] = feats["hidden_state"].to(device)
-        return batch
+        return pack_items(split_padded(batch), row_sizes) if row_sizes else batch
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a tensor-parallel target's DTensor weight (`--tp-size`), else `t`."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def first_prompt(input_ids: list[int], loss_mask: list[int]) -> list[int]:
@@ -238,7 +264,7 @@ def build_sources(cfg, info, dtype: torch.dtype) -> SourceSetup:
             eval_source = OnlineSource(eval_ds, target, cfg.max_length)
         setup = SourceSetup(train=OnlineSource(train_ds, target, cfg.max_length), eval=eval_source,
                             model_path=cfg.target_model_path, target_config=target.config,
-                            aux_layers=list(target.aux_layers), embed=target.embed_tokens.weight,
+                            aux_layers=list(target.aux_layers), embed=_plain(target.embed_tokens.weight),
                             lm_head=target.lm_head_weight, vocab_size=target.vocab_size, target=target,
                             data_dir=data_dir)
     else:

@@ -9,11 +9,24 @@ folder SGLang loads as it is, plus the state `--resume` needs), `MetricsLogger`
 (train/metrics.py: metrics.jsonl, progress bar, TensorBoard / W&B) and the held-out
 evaluation that picks `best/` and stops early (train/evaluate.py).
 
-Data order: each epoch is a seeded permutation of the samples split evenly over the
-data-parallel ranks (`epoch_batches`); a resumed run restarts at the same batch of the
-same epoch with the same RNG states, so it computes what the uninterrupted run would.
+Data order (train/data.py): each epoch is a seeded permutation of the samples cut into global
+batches of batch size × data-parallel ranks × accumulation steps, each rank taking its share
+of each; a `TrainLoader` (DataLoader: workers decode and pad ahead of the step) delivers this
+rank's micro-batches. A checkpoint records the position as (epoch, optimizer steps done in it),
+so a resumed run — with any number of ranks that keeps the global batch — trains on exactly
+the samples the uninterrupted run would. The step draws no random numbers (no dropout; the
+order is a function of the seed and the epoch), so no RNG state needs restoring.
 The lr schedule spans `--num-epochs` even when `--max-steps` or `--early-stop` ends the
 run sooner.
+
+Loss normalization: an optimizer step's loss is, per TTT step k, the CE summed over the
+supervised rows of its whole global batch (every micro-batch of every data-parallel rank)
+divided by their number (`_step_norm`: the counts of the step's micro-batches, all-reduced).
+So the gradient does not depend on how the global batch is split: 2 ranks × batch 1 ==
+1 rank × batch 2 == batch 1 × 2 accumulation steps (tests/test_equivalence.py), where a
+per-micro-batch mean averaged over ranks and steps would weight a short sample's tokens
+more. Ranks of one tensor-parallel group (online `--tp-size`) hold the same batch and are
+counted once, in the loss and in the logged token and row counts (`_reduce`).
 """
 
 from __future__ import annotations
@@ -37,11 +50,12 @@ from draftsmith.logs import get_logger
 from draftsmith.target.dtype import resolve_autocast, resolve_dtype
 from draftsmith.train.checkpoint import CheckpointManager
 from draftsmith.train.config import TrainConfig
+from draftsmith.train.data import DataOrder, TrainLoader, default_workers, epoch_batches  # noqa: F401 (epoch_batches: API)
 from draftsmith.train.evaluate import BestTracker, decode_tau, selection_figure
 from draftsmith.train.metrics import MetricsLogger
 from draftsmith.train.parallel import parallelize
 from draftsmith.train.sources import SourceSetup, build_sources, store_token_counts
-from draftsmith.train.ttt import summarize, ttt_forward
+from draftsmith.train.ttt import step_counts, summarize, ttt_forward
 
 log = get_logger(__name__)
 
@@ -57,20 +71,10 @@ class TTTModule(torch.nn.Module):
         self.length, self.decay, self.attention = length, decay, attention
         self.checkpointing = checkpointing
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, batch: dict[str, torch.Tensor], step_norm: list[float] | None = None):
         return ttt_forward(self.draft, batch, length=self.length, decay=self.decay,
                            target_head=self.target_head, full_head=self.full_head, attention=self.attention,
-                           checkpointing=self.checkpointing)
-
-
-def epoch_batches(num_samples: int, batch_size: int, epoch: int, seed: int, dp_rank: int,
-                  dp_size: int) -> list[list[int]]:
-    """This rank's micro-batches for an epoch: a seeded shuffle, the same number on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_samples, generator=g).tolist()
-    per_rank = num_samples // dp_size
-    mine = order[dp_rank * per_rank:(dp_rank + 1) * per_rank]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+                           checkpointing=self.checkpointing, step_norm=step_norm)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -120,12 +124,14 @@ class Trainer:
         self.model = parallelize(self.module, self.info, cfg.parallel)
         self.optimizer = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-        self.batches_per_epoch = len(epoch_batches(len(self.train_source), cfg.batch_size, 0, cfg.seed,
-                                                   self.dp_rank, self.dp_size))
-        if self.batches_per_epoch == 0:
-            raise InputError(f"{len(self.train_source)} samples cannot feed {self.dp_size} data-parallel ranks",
+        self.order = DataOrder(len(self.train_source), cfg.seed, cfg.batch_size, self.dp_rank, self.dp_size,
+                               cfg.gradient_accumulation_steps)
+        self.steps_per_epoch = self.order.steps_in_epoch()
+        if self.steps_per_epoch == 0:
+            raise InputError(f"{len(self.train_source)} samples cannot fill one global batch of "
+                             f"{self.order.global_batch} (--batch-size {cfg.batch_size} × {self.dp_size} "
+                             f"data-parallel ranks × {cfg.gradient_accumulation_steps} accumulation steps)",
                              field="--train-data-path")
-        self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * cfg.num_epochs
         warmup = int(cfg.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, warmup))
@@ -205,22 +211,36 @@ class Trainer:
 
     # .. checkpoints ..
     def save(self, name: str) -> Path:
-        state = {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                 "best": self.best.to_dict()}
+        accum = self.cfg.gradient_accumulation_steps     # saved between optimizer steps only
+        state = {"global_step": self.global_step, "epoch": self.epoch, "best": self.best.to_dict(),
+                 "data": self.order.position(self.epoch, self.batch_in_epoch // accum)}
         return self.checkpoints.save(name, self.module, self.draft, self.optimizer, self.scheduler, state,
                                      asdict(self.cfg))
 
     def load(self, path: Path) -> None:
         meta = self.checkpoints.load(path, self.module, self.optimizer, self.scheduler)
-        self.global_step, self.epoch, self.batch_in_epoch = meta["global_step"], meta["epoch"], meta["batch_in_epoch"]
+        self.order.check_resume(meta["data"], path)
+        self.global_step, self.epoch = meta["global_step"], meta["data"]["epoch"]
+        self.batch_in_epoch = meta["data"]["step_in_epoch"] * self.cfg.gradient_accumulation_steps
         self.best = BestTracker.from_dict(meta.get("best"))
 
     # .. helpers of the loop ..
     def _reduce(self, values: list[float]) -> list[float]:
+        """Sums over the data-parallel replicas: the ranks of a tensor-parallel group hold the same
+        batch, so only its first rank contributes."""
         t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         if torch.distributed.is_initialized():
+            if self.info.rank % self.cfg.tp_size:
+                t.zero_()
             torch.distributed.all_reduce(t)
         return t.tolist()
+
+    def _step_norm(self, micro: list[dict[str, torch.Tensor]]) -> tuple[list[float], list[list[int]]]:
+        """(divisor of each TTT step's CE sum, each micro-batch's own counts). DDP and FSDP2
+        average gradients over the ranks, so the divisor is the global count / dp size."""
+        counts = [step_counts(b, self.cfg.ttt_length) for b in micro]
+        total = self._reduce([float(sum(c)) for c in zip(*counts)])
+        return [max(n, 1.0) / self.dp_size for n in total], counts
 
     def _autocast(self):
         """bf16 autocast for the draft's matmuls (weights and optimizer state stay fp32)."""
@@ -328,20 +348,28 @@ class Trainer:
         served = True                            # every batch since the last row knew the served figure
         busy = 0.0                               # seconds of training work since the last log row
         last_eval = None
+        workers = default_workers(cfg.mode) if cfg.num_workers is None else cfg.num_workers
+        loader = TrainLoader(self.train_source, self.order, self.device, workers, cfg.prefetch_factor)
         while self.global_step < stop_at and self.epoch < cfg.num_epochs:
-            batches = epoch_batches(len(self.train_source), cfg.batch_size, self.epoch, cfg.seed,
-                                    self.dp_rank, self.dp_size)
             accum = cfg.gradient_accumulation_steps
+            batches = loader.epoch(self.epoch, self.batch_in_epoch // accum)
             usable = self.steps_per_epoch * accum
             while self.batch_in_epoch < usable and self.global_step < stop_at:
                 # one micro-batch: forward + backward (gradients synchronized on the last one)
                 t0 = time.perf_counter()
-                batch = self.train_source.batch(batches[self.batch_in_epoch], self.device)
-                last_micro = self.batch_in_epoch % accum == accum - 1
+                micro_index = self.batch_in_epoch % accum
+                if micro_index == 0:       # the step's micro-batches first: their token counts normalize the loss
+                    micro = [next(batches) for _ in range(accum)]
+                    norm, micro_counts = self._step_norm(micro)
+                batch, micro[micro_index] = micro[micro_index], None
+                last_micro = micro_index == accum - 1
                 with self._grad_sync(last_micro):
                     with self._autocast():
-                        r = self.model(batch)
-                    (r.loss / accum).backward()
+                        r = self.model(batch, step_norm=norm)
+                    r.loss.backward()
+                if r.count != micro_counts[micro_index]:
+                    raise RuntimeError(f"ttt_forward supervised {r.count} rows per step, step_counts "
+                                       f"predicted {micro_counts[micro_index]}")
                 acc = [a + b for a, b in zip(acc, metric_sums(r) + [float(batch["attention_mask"].sum())])]
                 served = served and r.correct_served is not None
                 self.batch_in_epoch += 1
