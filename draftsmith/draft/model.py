@@ -292,12 +292,28 @@ class StepPattern:
     doc_ids: torch.Tensor | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class Segments:
+    """Causal attention inside each span (batch row, start, end) and never across spans: the
+    conversations of packed rows, computed one by one (no scores across conversations). The
+    spans of a row cover it in order; no past keys."""
+
+    spans: list[tuple[int, int, int]]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
     """q [B, H, T, d]; k, v [B, Hkv, S, d] with S >= T (the last T keys are the queries' own).
 
     attn_mask: None (causal over past + new), a bool tensor (SDPA), a `StepPattern`
     (blockwise: T×T causal scores plus per-row diagonal scores, recomputed in backward
-    rather than stored) or a flex-attention BlockMask."""
+    rather than stored), `Segments` or a flex-attention BlockMask."""
+    if isinstance(attn_mask, Segments):
+        rows: dict[int, list[torch.Tensor]] = {}
+        for i, a, e in attn_mask.spans:
+            rows.setdefault(i, []).append(F.scaled_dot_product_attention(
+                q[i:i + 1, :, a:e], k[i:i + 1, :, a:e], v[i:i + 1, :, a:e], is_causal=True,
+                enable_gqa=q.shape[1] != k.shape[1]))
+        return torch.cat([torch.cat(rows[i], dim=2) for i in range(q.shape[0])], dim=0)
     if isinstance(attn_mask, StepPattern):
         args = (q, k, v, attn_mask.block, attn_mask.rows, attn_mask.doc_ids)
         if torch.is_grad_enabled():

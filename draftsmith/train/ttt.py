@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from draftsmith.draft.model import Eagle3Draft, StepPattern
+from draftsmith.draft.model import Eagle3Draft, Segments, StepPattern
 
 LOGITS_CHUNK_ELEMENTS = 1 << 22   # rows per loss chunk = this / draft vocab (16 MiB of fp32 logits; ×16 on CUDA)
 
@@ -268,18 +268,22 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
     Step 0 computes every row; with `live` (blockwise attention) later steps compute only the
     live rows, one batch element at a time. `checkpointing`: see `layer_fn`. `position_ids`,
     `doc_ids` [B, T]: packed rows (module docstring); attention stays within a conversation
-    (step 0: the document-causal mask, a bool tensor for SDPA, a BlockMask for flex)."""
+    (step 0: the document-causal mask, a bool tensor for SDPA, a BlockMask for flex, each
+    conversation's own causal attention for blockwise)."""
     b, t = input_ids.shape
     layer = layer_fn(draft, checkpointing)
     tokens, positions = step_inputs(input_ids, 0, position_ids, doc_ids)
     mask0 = None                                                                   # causal
     if doc_ids is not None:
-        mask0 = (ttt_block_mask if attention == "flex" else ttt_mask)(t, 0, input_ids.device, doc_ids)
+        if attention == "blockwise":
+            mask0 = Segments(segments(doc_ids, b, t))
+        else:
+            mask0 = (ttt_block_mask if attention == "flex" else ttt_mask)(t, 0, input_ids.device, doc_ids)
     out, (k0, v0) = layer(tokens, draft.project(aux_hidden_states), positions, attn_mask=mask0)
     dense = torch.arange(b * t, device=input_ids.device).view(b, t)
     yield 0, out.reshape(b * t, -1), dense
     if live is not None and attention == "blockwise":
-        yield from _live_steps(layer, input_ids, out, k0, v0, length, live, position_ids, doc_ids)
+        yield from _live_steps(layer, input_ids, out, k0, v0, length, live, doc_ids)
         return
     past_k, past_v, hidden = k0, v0, out
     for k in range(1, length):
@@ -297,32 +301,48 @@ def unroll(draft: Eagle3Draft, input_ids: torch.Tensor, aux_hidden_states: torch
         yield k, hidden.reshape(b * t, -1), dense
 
 
-def _live_steps(layer, input_ids, out0, k0, v0, length, live, position_ids=None, doc_ids=None):
+def segments(doc_ids: torch.Tensor | None, b: int, t: int) -> list[tuple[int, int, int]]:
+    """(batch row, start, end) of each conversation: one per row unpacked, one per conversation
+    (and one for the padding) of a packed row."""
+    if doc_ids is None:
+        return [(i, 0, t) for i in range(b)]
+    out = []
+    for i, row in enumerate(doc_ids.tolist()):
+        cuts = [0] + [p for p in range(1, t) if row[p] != row[p - 1]] + [t]
+        out += [(i, a, e) for a, e in zip(cuts, cuts[1:])]
+    return out
+
+
+def _live_steps(layer, input_ids, out0, k0, v0, length, live, doc_ids=None):
+    """Steps >= 1 of the live rows, one conversation at a time (each unpacked row, or each
+    conversation of a packed row, sliced out with its own step-0 keys: the computation of the
+    conversation alone, so packing costs no attention across conversations here)."""
     b, t = input_ids.shape
     device = input_ids.device
-    state = [{"rows": torch.arange(t, device=device), "hidden": out0[i], "diag": []} for i in range(b)]
+    state = [{"seg": (i, a, e), "rows": torch.arange(e - a, device=device), "hidden": out0[i, a:e], "diag": []}
+             for i, a, e in segments(doc_ids, b, t)]
     for k in range(1, length):
         outs, offset = [], 0
         index = torch.full((b, t), -1, dtype=torch.long, device=device)
-        for i, st in enumerate(state):
-            rows = live[k][i].nonzero().flatten()
+        for st in state:
+            i, a, e = st["seg"]
+            rows = live[k][i, a:e].nonzero().flatten()           # rows of the conversation, from its start
             sel = torch.searchsorted(st["rows"], rows)            # live rows shrink step by step
             diag = [(key[:, :, sel], value[:, :, sel]) for key, value in st["diag"]]
             st["rows"] = rows
             if rows.numel() == 0:
                 st["diag"] = []
                 continue
-            nxt = rows + 1 + k                                    # a live row's: inside its conversation
-            tokens = torch.where(nxt < t, input_ids[i, nxt.clamp(max=t - 1)], torch.zeros_like(nxt))
-            positions = rows + k if position_ids is None else position_ids[i, rows] + k
-            past = (torch.cat([k0[i:i + 1]] + [d[0] for d in diag], dim=2),
-                    torch.cat([v0[i:i + 1]] + [d[1] for d in diag], dim=2))
-            pattern = StepPattern(t, rows, None if doc_ids is None else doc_ids[i:i + 1])
-            o, (key, value) = layer(tokens[None], st["hidden"][sel][None], positions[None],
-                                    attn_mask=pattern, past_kv=past)
+            n = e - a
+            nxt = rows + 1 + k
+            tokens = torch.where(nxt < n, input_ids[i, a + nxt.clamp(max=n - 1)], torch.zeros_like(nxt))
+            past = (torch.cat([k0[i:i + 1, :, a:e]] + [d[0] for d in diag], dim=2),
+                    torch.cat([v0[i:i + 1, :, a:e]] + [d[1] for d in diag], dim=2))
+            o, (key, value) = layer(tokens[None], st["hidden"][sel][None], (rows + k)[None],
+                                    attn_mask=StepPattern(n, rows), past_kv=past)
             st["hidden"], st["diag"] = o[0], diag + [(key, value)]
             outs.append(o[0])
-            index[i, rows] = torch.arange(offset, offset + rows.numel(), device=device)
+            index[i, a + rows] = torch.arange(offset, offset + rows.numel(), device=device)
             offset += rows.numel()
         yield k, (torch.cat(outs) if outs else out0.new_zeros(0, out0.shape[-1])), index
 
