@@ -215,7 +215,7 @@ def test_flex_unroll_matches_sdpa_in_float64_on_cpu():
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA (bench/gpu/run_all.sh runs the CUDA tests)"))])
+    not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_flex_loss_and_gradients_match_sdpa(device):
     """ttt_forward's loss and every parameter gradient, flex vs SDPA (fp32: the loss is fp32;
     on CUDA the compiled flex kernel accumulates in another order)."""
