@@ -204,3 +204,91 @@ def test_packed_flex_attention_matches_unpacked():
     got, got_grad = _run(draft, {k: v.cuda() for k, v in packed.items()}, head.cuda(), "flex")
     torch.testing.assert_close(got.loss, ref.loss, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-3, atol=1e-4)
+
+
+# ----- train --packing end to end ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tiny_llama_dir, tmp_path_factory):
+    """A sharp tiny target, 10 short tokenized conversations and a float32 feature store of them."""
+    from pathlib import Path
+
+    from _train_helpers import sharp_target, write_conversations
+    from draftsmith.data.build import BuildConfig, build_dataset
+    from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
+
+    root = tmp_path_factory.mktemp("packing")
+    target = sharp_target(Path(tiny_llama_dir), root / "target")
+    conv = write_conversations(root / "train.jsonl", 10, answer_words=8)
+    built = build_dataset(BuildConfig(data_path=str(conv), target_model_path=str(target), chat_template="hf",
+                                      max_length=128, output_dir=str(root / "tokenized")))
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(built.path),
+                                         output_dir=str(root / "store"), max_length=128, dtype="float32",
+                                         codec="bf16", batch_size=10, aux_layers=[1, 2, 3], device="cpu",
+                                         progress=False))
+    return {"target": target, "data": built.path, "store": root / "store"}
+
+
+def _train_args(store, out, *extra):
+    return ["--mode", "offline", "--target-model-path", str(store["target"]), "--train-data-path",
+            str(store["data"]), "--train-hidden-states-path", str(store["store"]), "--output-dir", str(out),
+            "--draft-vocab-size", "512", "--ttt-length", "3", "--max-length", "128", "--learning-rate", "3e-3",
+            "--warmup-ratio", "0", "--dtype", "float32", "--autocast", "off", "--device", "cpu", "--no-progress",
+            "--seed", "3", "--num-workers", "0", *extra]
+
+
+def _rows(out):
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("split", "train") == "train"]
+
+
+def test_train_packing_offline_equals_unpacked_when_a_step_sees_every_conversation(store, tmp_path):
+    """`train --packing` end to end: with one step per epoch over all conversations, packed and
+    unpacked runs have the same losses, accuracies and token counts and end with the same
+    weights; with one packed row per step, an epoch still covers every token once."""
+    from safetensors.torch import load_file
+
+    from draftsmith.cli import run_command
+    from draftsmith.features import FeatureStore
+
+    lengths = FeatureStore.open(store["store"]).lengths
+    rows = PackedUnits(lengths, 128, 3)(list(range(len(lengths))), 0)
+    assert len(rows) < len(lengths)                                   # conversations do share rows
+    runs = {"unpacked": ["--batch-size", str(len(lengths))],
+            "packed": ["--packing", "--batch-size", str(len(rows))],
+            "packed_1": ["--packing", "--batch-size", "1"]}
+    for name, extra in runs.items():
+        assert run_command("train", _train_args(store, tmp_path / name, "--num-epochs", "2", *extra)) == 0
+    ref, got = _rows(tmp_path / "unpacked"), _rows(tmp_path / "packed")
+    assert len(ref) == len(got) == 2
+    for a, b in zip(ref, got):
+        assert b["tokens"] == a["tokens"] == sum(lengths)
+        assert b["loss_k"] == pytest.approx(a["loss_k"], rel=1e-5)
+        assert b["acc_k"] == a["acc_k"] and b["acc_k_draft_vocab"] == a["acc_k_draft_vocab"]
+    weights = [load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("unpacked", "packed")]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-6)
+    one = _rows(tmp_path / "packed_1")
+    assert len(one) == 2 * len(rows) and sum(r["tokens"] for r in one) == 2 * sum(lengths)
+
+
+def test_train_packing_online_runs_the_target_per_conversation(store, tmp_path):
+    """Online, the target runs on the conversations as a padded batch and its features are packed
+    after: the first step over every conversation equals the unpacked one."""
+    from draftsmith.cli import run_command
+    from draftsmith.features import FeatureStore
+
+    lengths = FeatureStore.open(store["store"]).lengths
+    rows = PackedUnits(lengths, 128, 3)(list(range(len(lengths))), 0)
+    online = ["--mode", "online", "--aux-layers", "1,2,3", "--max-steps", "1"]
+    for name, extra in {"unpacked": ["--batch-size", str(len(lengths))],
+                        "packed": ["--packing", "--batch-size", str(len(rows))]}.items():
+        args = [a for a in _train_args(store, tmp_path / name, *extra) if a not in ("--mode", "offline")]
+        i = args.index("--train-hidden-states-path")
+        assert run_command("train", args[:i] + args[i + 2:] + online) == 0
+    ref, got = _rows(tmp_path / "unpacked")[0], _rows(tmp_path / "packed")[0]
+    assert got["tokens"] == ref["tokens"] == sum(lengths)
+    assert got["loss_k"] == pytest.approx(ref["loss_k"], rel=1e-5)
+    assert got["acc_k"] == ref["acc_k"] and got["acc_k_draft_vocab"] == ref["acc_k_draft_vocab"]

@@ -37,6 +37,10 @@ class TrainConfig:
         None, group="data", help="DataLoader worker processes that read, decode and pad batches ahead of the step "
                                  "(default: 1 offline, 0 online; 0 = in the training process)")
     prefetch_factor: int = option(2, group="data", help="batches each DataLoader worker prepares ahead")
+    packing: bool = option(
+        False, group="data", help="pack several conversations into each row of up to --max-length tokens (positions, "
+                                  "attention and TTT targets stay per conversation: the loss of the unpacked rows); "
+                                  "--batch-size then counts packed rows")
     # draft
     draft_vocab_size: int = option(32000, group="draft", help="draft vocabulary (the most frequent supervised tokens)")
     aux_layers: list[int] | None = option(

@@ -53,6 +53,7 @@ from draftsmith.train.config import TrainConfig
 from draftsmith.train.data import DataOrder, TrainLoader, default_workers, epoch_batches  # noqa: F401 (epoch_batches: API)
 from draftsmith.train.evaluate import BestTracker, decode_tau, selection_figure
 from draftsmith.train.metrics import MetricsLogger
+from draftsmith.train.packing import PackedUnits
 from draftsmith.train.parallel import parallelize
 from draftsmith.train.sources import SourceSetup, build_sources, store_token_counts
 from draftsmith.train.ttt import step_counts, summarize, ttt_forward
@@ -124,8 +125,9 @@ class Trainer:
         self.model = parallelize(self.module, self.info, cfg.parallel)
         self.optimizer = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        units = PackedUnits(self.train_source.lengths, cfg.max_length, cfg.seed) if cfg.packing else None
         self.order = DataOrder(len(self.train_source), cfg.seed, cfg.batch_size, self.dp_rank, self.dp_size,
-                               cfg.gradient_accumulation_steps)
+                               cfg.gradient_accumulation_steps, units=units)   # --packing: units are packed rows
         self.steps_per_epoch = self.order.steps_in_epoch()
         if self.steps_per_epoch == 0:
             raise InputError(f"{len(self.train_source)} samples cannot fill one global batch of "
@@ -349,7 +351,8 @@ class Trainer:
         busy = 0.0                               # seconds of training work since the last log row
         last_eval = None
         workers = default_workers(cfg.mode) if cfg.num_workers is None else cfg.num_workers
-        loader = TrainLoader(self.train_source, self.order, self.device, workers, cfg.prefetch_factor)
+        loader = TrainLoader(self.train_source, self.order, self.device, workers, cfg.prefetch_factor,
+                             packed=cfg.packing)
         while self.global_step < stop_at and self.epoch < cfg.num_epochs:
             accum = cfg.gradient_accumulation_steps
             batches = loader.epoch(self.epoch, self.batch_in_epoch // accum)
