@@ -116,9 +116,9 @@ def main() -> int:
         wall, cpu, _ = measure(lambda: tokenizer(texts, add_special_tokens=False))
         samples.setdefault("tokenizer_alone_hf_call", []).append((wall, cpu))
         for template, num_proc in configs:
-            cfg = BuildConfig(data_path=str(data), tokenizer=tokenizer_dir, chat_template=template,
+            cfg = BuildConfig(data_path=str(data), target_model_path=tokenizer_dir, chat_template=template,
                               max_length=args.max_length, num_proc=num_proc,
-                              output=str(work / f"out-{template}-{num_proc}"), overwrite=True)
+                              output_dir=str(work / f"out-{template}-{num_proc}"), overwrite=True)
             wall, cpu, result = measure(lambda: build_dataset(cfg))
             name = f"ours_{template}_np{num_proc}"
             samples.setdefault(name, []).append((wall, cpu))

@@ -42,7 +42,7 @@ def _children_cpu() -> float:
 def run_once(source: Path, num_proc: int, out: Path) -> dict:
     cpu0, children0 = time.process_time(), _children_cpu()
     start = time.perf_counter()
-    result = prepare_data(PrepareConfig(dataset="sharegpt", data_path=[source], output_path=out,
+    result = prepare_data(PrepareConfig(dataset="sharegpt", data_path=[source], output_dir=out,
                                         split_eval=True, num_proc=num_proc, overwrite=True, progress=False))
     wall = time.perf_counter() - start
     s = result.summary

@@ -63,14 +63,14 @@ def real_template(ref: str) -> tuple[str, dict]:
 
 
 def render_real(ref: str, messages: list[dict], **kwargs) -> str:
-    """Render with the real jinja template in transformers' own sandbox (date fixed for gpt-oss)."""
-    from transformers.utils.chat_template_utils import _compile_jinja_template
+    """Render with the real jinja template in transformers' own sandbox (gpt-oss's "Current date"
+    line, which the template takes from the clock, set to FIXED_DATE)."""
+    from draftsmith.data.templates import render_chat_template
 
     source, variables = real_template(ref)
-    messages = [dict(m, thinking=m["reasoning_content"]) if "reasoning_content" in m else m for m in messages]
-    return _compile_jinja_template(source).render(
-        messages=messages, add_generation_prompt=False,
-        strftime_now=lambda fmt: FIXED_DATE.strftime(fmt), **variables, **kwargs)
+    today = datetime.date.today().strftime("%Y-%m-%d")
+    text = render_chat_template(source, messages, **variables, **kwargs)[0]
+    return text.replace(f"Current date: {today}\n", f"Current date: {FIXED_DATE:%Y-%m-%d}\n")
 
 
 @functools.lru_cache(maxsize=None)

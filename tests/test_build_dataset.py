@@ -40,7 +40,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def _cfg(data, **kw) -> BuildConfig:
-    return BuildConfig(data_path=str(data), tokenizer=str(tokenizer_path("smollm2")), **kw)
+    return BuildConfig(data_path=str(data), target_model_path=str(tokenizer_path("smollm2")), **kw)
 
 
 def test_sharegpt_with_smollm2(tmp_path, sharegpt_rows):
@@ -120,8 +120,8 @@ def test_train_only_last_turn(tmp_path):
 
 def test_batched_equals_unbatched(tmp_path, sharegpt_rows):
     data = write_jsonl(tmp_path / "sg.jsonl", sharegpt_rows[:60])
-    one = build_dataset(_cfg(data, num_proc=1, output=str(tmp_path / "one")))
-    two = build_dataset(_cfg(data, num_proc=2, output=str(tmp_path / "two")))
+    one = build_dataset(_cfg(data, num_proc=1, output_dir=str(tmp_path / "one")))
+    two = build_dataset(_cfg(data, num_proc=2, output_dir=str(tmp_path / "two")))
     assert one.key == two.key and one.report["rows_out"] == two.report["rows_out"]
     a, b = load_from_disk(str(one.path)), load_from_disk(str(two.path))
     assert a.to_dict() == b.to_dict()
@@ -142,7 +142,7 @@ def test_cache_reuse_and_invalidation(tmp_path):
     write_jsonl(data, [{"id": "a", "conversations": SINGLE}])
     changed = build_dataset(_cfg(data))
     assert changed.key != base and not changed.cached
-    other_tok = BuildConfig(data_path=str(data), tokenizer=str(tokenizer_path("qwen3")))
+    other_tok = BuildConfig(data_path=str(data), target_model_path=str(tokenizer_path("qwen3")))
     assert cache_key(other_tok) != changed.key
 
 
@@ -150,9 +150,9 @@ def test_output_folder_is_replaced_when_inputs_change(tmp_path):
     data = tmp_path / "d.jsonl"
     out = tmp_path / "out"
     write_jsonl(data, [{"id": "a", "conversations": SYSTEM_MULTI}])
-    first = build_dataset(_cfg(data, output=str(out)))
-    assert build_dataset(_cfg(data, output=str(out))).cached
-    second = build_dataset(_cfg(data, output=str(out), max_length=40))
+    first = build_dataset(_cfg(data, output_dir=str(out)))
+    assert build_dataset(_cfg(data, output_dir=str(out))).cached
+    second = build_dataset(_cfg(data, output_dir=str(out), max_length=40))
     assert not second.cached and second.key != first.key
     assert all(len(r) <= 40 for r in load_from_disk(str(out))["input_ids"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -167,13 +167,13 @@ def test_all_rows_skipped_is_an_error(tmp_path):
 def test_cli(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": SYSTEM_MULTI}])
     out = tmp_path / "out"
-    argv = ["--data-path", data, "--tokenizer", str(tokenizer_path("smollm2")), "--chat-template", "qwen",
-            "--max-length", "512", "--output", str(out), "--draft-vocab-size", "32"]
+    argv = ["--data-path", data, "--target-model-path", str(tokenizer_path("smollm2")), "--chat-template", "qwen",
+            "--max-length", "512", "--output-dir", str(out), "--draft-vocab-size", "32"]
     assert run_command("build-dataset", argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_out"] == 1 and summary["vocab_mapping"]["target_vocab_size"] == 49152
     assert load_from_disk(str(out)).column_names == ["id", "input_ids", "loss_mask"]
-    assert run_command("build-dataset", ["--data-path", str(tmp_path / "missing.jsonl"), "--tokenizer",
+    assert run_command("build-dataset", ["--data-path", str(tmp_path / "missing.jsonl"), "--target-model-path",
                                          str(tokenizer_path("smollm2"))]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
 
@@ -198,10 +198,10 @@ def test_config_errors(tmp_path):
     with pytest.raises(DraftsmithError, match="has no default system prompt"):
         build_dataset(_cfg(data, chat_template="gemma", use_template_system_prompt=True))
     with pytest.raises(DraftsmithError, match="cannot load tokenizer"):
-        build_dataset(BuildConfig(data_path=data, tokenizer=str(tmp_path / "no-such-tokenizer")))
+        build_dataset(BuildConfig(data_path=data, target_model_path=str(tmp_path / "no-such-tokenizer")))
     parser, _ = build_parser("build-dataset")
-    opt_in = config_from_args(parser.parse_args(["--data-path", data, "--tokenizer", "t", "--system-prompt"]))
-    text = config_from_args(parser.parse_args(["--data-path", data, "--tokenizer", "t", "--system-prompt", "Hi"]))
+    opt_in = config_from_args(parser.parse_args(["--data-path", data, "--target-model-path", "t", "--system-prompt"]))
+    text = config_from_args(parser.parse_args(["--data-path", data, "--target-model-path", "t", "--system-prompt", "Hi"]))
     assert (opt_in.use_template_system_prompt, opt_in.system_prompt) == (True, None)
     assert (text.use_template_system_prompt, text.system_prompt) == (False, "Hi")
 
@@ -215,7 +215,7 @@ def test_real_llama3_and_qwen3_tokenizers(tmp_path, tok_name, expected):
     if tok_name == "qwen3":
         conv[-1]["reasoning_content"] = "sky"
     data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "conversations": conv}])
-    result = build_dataset(BuildConfig(data_path=data, tokenizer=str(tokenizer_path(tok_name))))
+    result = build_dataset(BuildConfig(data_path=data, target_model_path=str(tokenizer_path(tok_name))))
     row = load_from_disk(str(result.path))[0]
     tok = real_tokenizer(tok_name)
     assert row["input_ids"] == list(tok.apply_chat_template(conv, tokenize=True, return_dict=False))
@@ -266,8 +266,9 @@ def test_supervised_text_is_exactly_the_replies_after_the_first_user(tmp_path, t
     prompt or date header is supervised; the reference is the row itself: each reply after the
     first user message, followed by the end-of-turn token, and nothing else."""
     rows = [{"id": name, "conversations": conv} for name, conv in _EDGE_ROWS.items()]
-    cfg = BuildConfig(data_path=write_jsonl(tmp_path / "edge.jsonl", rows), tokenizer=str(tokenizer_path(tokenizer)),
-                      chat_template=template, output=str(tmp_path / "out"))
+    cfg = BuildConfig(data_path=write_jsonl(tmp_path / "edge.jsonl", rows),
+                      target_model_path=str(tokenizer_path(tokenizer)), chat_template=template,
+                      output_dir=str(tmp_path / "out"))
     result = build_dataset(cfg)
     tok = real_tokenizer(tokenizer)
     built = {row["id"]: row for row in load_from_disk(str(result.path))}

@@ -211,7 +211,7 @@ def test_prepare_and_validate_survive_any_rows(tmp_path_factory, data):
     lines, valid = data
     folder = tmp_path_factory.mktemp("stages")
     path = _write(folder / "in.jsonl", lines)
-    result = prepare_data(PrepareConfig(dataset="custom", data_path=[path], output_path=folder / "out",
+    result = prepare_data(PrepareConfig(dataset="custom", data_path=[path], output_dir=folder / "out",
                                         progress=False, limits=LIMITS))
     s = result.summary
     assert s["read"] == s["written"] + s["skipped"] == _rows_in(lines)
@@ -226,7 +226,8 @@ def test_prepare_and_validate_survive_any_rows(tmp_path_factory, data):
     assert report.rows == _rows_in(lines)
     assert report.rows - report.invalid >= len(valid)
     _assert_reasons_known(k for k in report.problems if k != "empty file")
-    items = read_items(RegenerateConfig(model_path="", data_path=[path], output_path=folder / "r"), skipped := [])
+    items = read_items(RegenerateConfig(target_model_path="", data_path=[path], output_dir=folder / "r"),
+                       skipped := [])
     assert len(items) + len(skipped) == _rows_in(lines)
     assert {it.row_id for it in items} >= {row["id"] for row in valid}
     _assert_reasons_known(e["reason"] for e in skipped)
@@ -239,8 +240,8 @@ def test_build_dataset_survives_any_rows(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("build")
     path = _write(folder / "in.jsonl", lines + [json.dumps({"id": "anchor", "conversations": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}).encode()])
-    cfg = BuildConfig(data_path=str(path), tokenizer=str(tokenizer_path("smollm2")), chat_template="qwen",
-                      output=str(folder / "ds"), limits=LIMITS)
+    cfg = BuildConfig(data_path=str(path), target_model_path=str(tokenizer_path("smollm2")), chat_template="qwen",
+                      output_dir=str(folder / "ds"), limits=LIMITS)
     report = build_dataset(cfg).report
     assert report["rows_in"] == report["rows_out"] + report["skipped"] == _rows_in(lines) + 1
     _assert_reasons_known(report["skipped_by_reason"])
@@ -278,16 +279,17 @@ def test_corpus_rows_are_skipped_with_their_reason_in_every_stage(tmp_path, name
     else:
         paths = [path]
     for p in paths:
-        result = prepare_data(PrepareConfig(dataset="custom", data_path=[p], output_path=tmp_path / "out",
+        result = prepare_data(PrepareConfig(dataset="custom", data_path=[p], output_dir=tmp_path / "out",
                                             overwrite=True, progress=False))
         assert (result.summary["written"], result.summary["skipped_by_reason"]) == (1, {reason: 1})
         entry = json.loads(result.skipped_path.read_text(encoding="utf-8"))
         assert (entry["line"], entry.get("id")) == (2, _DECODED_IDS.get(name))  # the id when the row was decoded
         assert set(validate_files([p]).problems) == {reason}
-        items = read_items(RegenerateConfig(model_path="", data_path=[p], output_path=tmp_path / "r"), skipped := [])
+        items = read_items(RegenerateConfig(target_model_path="", data_path=[p], output_dir=tmp_path / "r"),
+                           skipped := [])
         assert (len(items), [s["reason"] for s in skipped]) == (1, [reason])
-    report = build_dataset(BuildConfig(data_path=str(paths[-1]), tokenizer=str(tokenizer_path("smollm2")),
-                                       chat_template="hf", output=str(tmp_path / "ds"))).report
+    report = build_dataset(BuildConfig(data_path=str(paths[-1]), target_model_path=str(tokenizer_path("smollm2")),
+                                       chat_template="hf", output_dir=str(tmp_path / "ds"))).report
     assert (report["rows_out"], report["skipped_by_reason"]) == (1, {reason: 1})
 
 

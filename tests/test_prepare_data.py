@@ -37,7 +37,7 @@ def read_jsonl(path: Path) -> list:
 
 
 def prepare(tmp_path: Path, dataset: str, files: list[Path], **kw):
-    kw.setdefault("output_path", tmp_path / "out")
+    kw.setdefault("output_dir", tmp_path / "out")
     kw.setdefault("overwrite", True)
     return prepare_data(PrepareConfig(dataset=dataset, data_path=files, progress=False, **kw))
 
@@ -64,7 +64,7 @@ def assert_counts_add_up(result) -> None:
 @pytest.fixture(scope="module")
 def sharegpt_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharegpt")
-    return prepare_data(PrepareConfig(dataset="sharegpt", data_path=[resources.sharegpt_json()], output_path=out,
+    return prepare_data(PrepareConfig(dataset="sharegpt", data_path=[resources.sharegpt_json()], output_dir=out,
                                       split_eval=True, progress=False))
 
 
@@ -116,8 +116,8 @@ def test_ultrachat_preset_jsonl_and_parquet_give_identical_output(tmp_path):
     jsonl = write_jsonl(tmp_path / "uc.jsonl", ultrachat_rows())
     parquet = tmp_path / "uc.parquet"
     pq.write_table(pa.Table.from_pylist(ultrachat_rows()), parquet)
-    a = prepare(tmp_path, "ultrachat", [jsonl], output_path=tmp_path / "a")
-    b = prepare(tmp_path, "ultrachat", [parquet], output_path=tmp_path / "b")
+    a = prepare(tmp_path, "ultrachat", [jsonl], output_dir=tmp_path / "a")
+    b = prepare(tmp_path, "ultrachat", [parquet], output_dir=tmp_path / "b")
     rows = read_jsonl(a.train_path)
     assert [r["id"] for r in rows] == ["u1", "u2"]  # id = prompt_id
     assert rows[0]["conversations"] == ultrachat_rows()[0]["messages"]
@@ -227,7 +227,7 @@ def test_sharegpt_role_aliases_and_system_policy(tmp_path):
 
 
 def test_question_answer_presets_on_their_row_shapes(tmp_path):
-    gsm8k = prepare(tmp_path, "gsm8k", [resources.gsm8k_test()], output_path=tmp_path / "g")
+    gsm8k = prepare(tmp_path, "gsm8k", [resources.gsm8k_test()], output_dir=tmp_path / "g")
     assert gsm8k.summary["written"] == 1319 and gsm8k.summary["skipped"] == 0
     first_src = json.loads(resources.gsm8k_test().open(encoding="utf-8").readline())
     first = json.loads(gsm8k.train_path.open(encoding="utf-8").readline())
@@ -235,13 +235,13 @@ def test_question_answer_presets_on_their_row_shapes(tmp_path):
                                                              ("assistant", first_src["answer"]))}
     math_rows = [{"query": "1+1?", "response": "2", "type": "GSM_Rephrased", "original_question": "1+1"},
                  {"query": "2+2?", "response": "", "type": "MATH_AnsAug", "original_question": "2+2"}]
-    mm = prepare(tmp_path, "metamathqa", [write_jsonl(tmp_path / "mm.jsonl", math_rows)], output_path=tmp_path / "m")
+    mm = prepare(tmp_path, "metamathqa", [write_jsonl(tmp_path / "mm.jsonl", math_rows)], output_dir=tmp_path / "m")
     assert read_jsonl(mm.train_path) == [{"id": "metamathqa-0", "conversations": conv(("user", "1+1?"),
                                                                                       ("assistant", "2"))}]
     assert read_jsonl(mm.skipped_path) == [{"source": str(tmp_path / "mm.jsonl"), "line": 2, "id": "metamathqa-1",
                                             "reason": "empty content", "field": "conversations[1].content"}]
     code_rows = [{"instruction": "Reverse a list in Python.", "response": "```python\nxs[::-1]\n```"}]
-    mc = prepare(tmp_path, "magicoder", [write_jsonl(tmp_path / "mc.jsonl", code_rows)], output_path=tmp_path / "c")
+    mc = prepare(tmp_path, "magicoder", [write_jsonl(tmp_path / "mc.jsonl", code_rows)], output_dir=tmp_path / "c")
     assert read_jsonl(mc.train_path)[0]["conversations"][1]["content"] == "```python\nxs[::-1]\n```"
 
 
@@ -251,7 +251,7 @@ def test_positional_ids_count_unreadable_rows_across_files_and_workers(tmp_path)
     second = write_jsonl(tmp_path / "2.jsonl", qa[299:])
     outputs = []
     for num_proc in (1, 2, 3):
-        result = prepare(tmp_path, "gsm8k", [first, second], num_proc=num_proc, output_path=tmp_path / str(num_proc))
+        result = prepare(tmp_path, "gsm8k", [first, second], num_proc=num_proc, output_dir=tmp_path / str(num_proc))
         ids = [r["id"] for r in read_jsonl(result.train_path)]
         assert ids == [f"gsm8k-{n}" for n in range(601) if n != 100]
         assert read_jsonl(result.skipped_path)[0]["line"] == 101
@@ -294,7 +294,7 @@ GOOD = {"id": "ok", "conversations": conv(("user", "a"), ("assistant", "b"))}
 
 def test_every_malformed_row_is_skipped_with_its_line_and_reason(tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD] + [row for row, _ in MALFORMED] + [{"id": "pre", "text": "t"}])
-    argv = ["--dataset", "custom", "--data-path", str(path), "--output-path", str(tmp_path / "o")]
+    argv = ["--dataset", "custom", "--data-path", str(path), "--output-dir", str(tmp_path / "o")]
     assert run_command("prepare-data", argv) == 0
     out = tmp_path / "o" / "custom"
     skipped = read_jsonl(out / "custom_skipped.jsonl")
@@ -354,7 +354,7 @@ def test_same_input_and_seed_give_byte_identical_files_across_num_proc(tmp_path)
     src = resources.sharegpt_json()
     outs = []
     for i, (num_proc, seed) in enumerate([(1, 3), (2, 3), (1, 3), (1, 4)]):
-        r = prepare(tmp_path, "sharegpt", [src], output_path=tmp_path / str(i), sample_size=800,
+        r = prepare(tmp_path, "sharegpt", [src], output_dir=tmp_path / str(i), num_samples=800,
                     split_eval=True, eval_ratio=0.1, seed=seed, num_proc=num_proc)
         assert r.summary["written"] == 800 and r.summary["eval"] == 80
         assert_counts_add_up(r)
@@ -400,9 +400,9 @@ def test_existing_output_needs_overwrite_and_overwrite_replaces_it(tmp_path, cap
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["mine"]  # no staging leftovers
 
 
-def test_sample_size_stops_after_n_written_rows(tmp_path):
+def test_num_samples_stops_after_n_written_rows(tmp_path):
     rows = [GOOD | {"id": "x"}, {"id": "bad"}, *({**GOOD, "id": f"r{i}"} for i in range(10))]
-    result = prepare(tmp_path, "custom", [write_jsonl(tmp_path / "s.jsonl", rows)], sample_size=3)
+    result = prepare(tmp_path, "custom", [write_jsonl(tmp_path / "s.jsonl", rows)], num_samples=3)
     assert [r["id"] for r in read_jsonl(result.train_path)] == ["x", "r0", "r1"]
     assert (result.summary["read"], result.summary["written"], result.summary["skipped"]) == (4, 3, 1)
 
@@ -422,14 +422,14 @@ def test_several_files_folders_gzip_and_json_arrays(tmp_path):
 
 def test_merged_file_made_with_cat_is_valid_input(tmp_path):
     a = prepare(tmp_path, "custom", [write_jsonl(tmp_path / "a.jsonl", [GOOD, {**GOOD, "id": "x"}])],
-                output_path=tmp_path / "a")
+                output_dir=tmp_path / "a")
     b = prepare(tmp_path, "custom", [write_jsonl(tmp_path / "b.jsonl", [GOOD, {"id": "t", "text": "pre"}])],
-                output_path=tmp_path / "b")
+                output_dir=tmp_path / "b")
     merged = tmp_path / "merged.jsonl"
     merged.write_bytes(a.train_path.read_bytes() + b.train_path.read_bytes())
     report = validate_files([merged])
     assert report.ok and report.warnings["duplicate id"].count == 1
-    again = prepare(tmp_path, "custom", [merged], output_path=tmp_path / "m")
+    again = prepare(tmp_path, "custom", [merged], output_dir=tmp_path / "m")
     assert [r["id"] for r in read_jsonl(again.train_path)] == ["ok", "x", "ok#2", "t"]
     assert again.summary["duplicates"] == 1
 
@@ -437,7 +437,7 @@ def test_merged_file_made_with_cat_is_valid_input(tmp_path):
 def test_bad_settings_are_errors(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
     for kw, message in [({"eval_ratio": 1.0, "split_eval": True}, "--eval-ratio"), ({"num_proc": 0}, "--num-proc"),
-                        ({"sample_size": 0}, "--sample-size"), ({"name": "../x"}, "--name"),
+                        ({"num_samples": 0}, "--num-samples"), ({"name": "../x"}, "--name"),
                         ({"split": "test"}, "--split")]:
         with pytest.raises(DraftsmithError, match=message):
             prepare(tmp_path, "custom", [path], **kw)

@@ -74,8 +74,9 @@ def write_input(path: Path) -> Path:
 
 
 def config(model: Path, data: Path, out: Path, **kw) -> rg.RegenerateConfig:
-    return rg.RegenerateConfig(model_path=str(model), data_path=[data], output_path=out, max_new_tokens=MAX_NEW,
-                               max_prompt_length=200, batch_size=2, device="cpu", progress=False, **kw)
+    return rg.RegenerateConfig(target_model_path=str(model), data_path=[data], output_dir=out,
+                               max_new_tokens=MAX_NEW, max_prompt_length=200, batch_size=2, device="cpu",
+                               progress=False, **kw)
 
 
 def read_rows(path: Path) -> dict[str, list[dict]]:
@@ -150,7 +151,7 @@ def test_torchrun_two_ranks_write_what_one_process_writes(target, tmp_path):
     rg.regenerate(config(target, data, tmp_path / "one"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "draftsmith.cli", "regenerate-data", "--model-path", str(target), "--data-path", str(data),
-           "--output-path", str(tmp_path / "two"), "--max-new-tokens", str(MAX_NEW), "--max-prompt-length", "200",
+           "--output-dir", str(tmp_path / "two"), "--max-new-tokens", str(MAX_NEW), "--max-prompt-length", "200",
            "--batch-size", "2", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

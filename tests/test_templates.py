@@ -238,3 +238,34 @@ def test_hf_generation_blocks_give_the_spans():
     r = jt.render(SYSTEM_MULTI)
     assert r.text == get_template("qwen").render(SYSTEM_MULTI).text
     assert _texts(r) == ["Hello!<|im_end|>", "Blue.\n<|im_end|>"]
+
+
+def test_the_one_call_into_transformers_chat_templates():
+    """render_chat_template (data/templates/jinja.py) is draftsmith's only use of transformers' chat-template
+    code: its fast path (transformers' private compiled template) and its public path (render_jinja_template)
+    give apply_chat_template's text, in transformers' sandbox; a change in transformers fails here."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from draftsmith.data.templates import jinja
+
+    tok = real_tokenizer("qwen3")
+    assert jinja._compiled(tok.chat_template) is not None, \
+        "transformers.utils.chat_template_utils._compile_jinja_template is gone: the hf path now renders " \
+        "through render_jinja_template only (about 2x slower); update jinja._compiled"
+    variables = {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+    for conv in CONVERSATIONS.values():
+        for prompt in (False, True):
+            fast, spans = jinja.render_chat_template(tok.chat_template, conv, add_generation_prompt=prompt,
+                                                     **variables)
+            public = render_jinja_template([jinja._aliased(conv)], chat_template=tok.chat_template,
+                                           add_generation_prompt=prompt, **variables)[0][0]
+            assert fast == public == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=prompt)
+            assert spans == []
+    template = ("{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}"
+                "{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}")
+    text, spans = jinja.render_chat_template(template, SYSTEM_MULTI, generation_spans=True)
+    assert text == "<system>You are terse.<user>Hi there<assistant>Hello!</s><user> Name a color. <assistant>Blue.\n</s>"
+    assert [text[a:b] for a, b in spans] == ["Hello!</s>", "Blue.\n</s>"]
+    for generation_spans in (False, True):       # the sandbox: no attribute walk to Python internals
+        with pytest.raises(TemplateError, match="SecurityError"):
+            jinja.render_chat_template("{{ messages.__class__.__mro__ }}", SINGLE, generation_spans=generation_spans)

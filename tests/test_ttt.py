@@ -129,8 +129,8 @@ def test_every_supervised_token_is_a_step0_target(tiny_llama_dir, tmp_path):
     from draftsmith.data.build import BuildConfig, build_dataset
 
     data = write_conversations(tmp_path / "c.jsonl", 6)
-    result = build_dataset(BuildConfig(data_path=str(data), tokenizer=str(tiny_llama_dir), chat_template="hf",
-                                       max_length=256, output=str(tmp_path / "ds")))
+    result = build_dataset(BuildConfig(data_path=str(data), target_model_path=str(tiny_llama_dir),
+                                       chat_template="hf", max_length=256, output_dir=str(tmp_path / "ds")))
     ds = load_from_disk(str(result.path))
     first_tokens = 0
     for row in ds:

@@ -10,7 +10,7 @@ import pytest
 
 from draftsmith.cli import run_command
 from draftsmith.data.conversation import check_row, find_problem
-from draftsmith.data.formats import INVALID_JSON, INVALID_UNICODE, TRUNCATED_JSON, iter_records
+from draftsmith.data.formats import INVALID_JSON, INVALID_UNICODE, TRUNCATED_JSON, RowLimits, iter_records
 from draftsmith.data.validate import validate_files
 from draftsmith.errors import InputError
 
@@ -249,16 +249,15 @@ def test_leading_replies_are_a_warning_and_build_dataset_drops_them(tmp_path, ca
 
 
 def test_limit_flags_are_spelled_the_same_in_every_data_stage(tmp_path, capsys):
+    from draftsmith import config
     from draftsmith.cli import build_parser
 
-    defaults = None
     for command, required in [("prepare-data", []), ("validate-data", ["f.jsonl"]),
-                              ("build-dataset", ["--data-path", "d", "--tokenizer", "t"]),
-                              ("regenerate-data", ["--model-path", "m", "--data-path", "d", "--output-path", "o"])]:
-        args = build_parser(command)[0].parse_args(required)
-        got = (args.max_row_bytes, args.max_row_depth)
-        assert defaults in (None, got), command
-        defaults = got
+                              ("build-dataset", ["--data-path", "d", "--target-model-path", "t"]),
+                              ("regenerate-data", ["--target-model-path", "m", "--data-path", "d", "--output-dir", "o"])]:
+        parser, module = build_parser(command)
+        for argv, limits in [([], RowLimits()), (["--max-row-bytes", "100", "--max-row-depth", "7"], RowLimits(100, 7))]:
+            assert config.from_args(module.CONFIG, parser.parse_args(required + argv)).limits == limits, command
     deep = write_lines(tmp_path / "deep.jsonl", [GOOD, {**GOOD, "id": "d", "meta": [[["x"]]]}])
     assert run_command("validate-data", [str(deep), "--max-row-depth", "3"]) == 1
     assert "nesting too deep" in capsys.readouterr().out

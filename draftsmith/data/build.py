@@ -5,7 +5,8 @@ masked (loss_mask.py), truncated to `max_length`, and written as a `datasets` fo
 Rows that cannot be used are skipped with a stable reason (rowerrors.TABLE), counted in
 the report and listed with their position in `skipped.jsonl`; nothing is turned into an
 all-zero mask, and no row can stop the run (a failure of the template or the tokenizer
-on one row skips that row). Assistant and tool messages before a conversation's first
+on one row skips that row) unless `--strict`: then the first row that would be skipped ends
+the run (exit 2, its position and reason; nothing is written). Assistant and tool messages before a conversation's first
 user message are dropped before rendering and counted (`dropped_leading`), whatever the
 template: text a template adds (a default system prompt, a date header) is never
 supervised.
@@ -34,14 +35,15 @@ from typing import Iterator
 
 import numpy as np
 
-from draftsmith import resources
+from draftsmith import config, resources
+from draftsmith.config import option
 from draftsmith.data import rowerrors
 from draftsmith.data.conversation import check_row, drop_leading_replies
-from draftsmith.data.formats import DEFAULT_LIMITS, RowLimits, add_limit_arguments, iter_records, limits_from_args
+from draftsmith.data.formats import RowLimits, iter_records
 from draftsmith.data.loss_mask import backend_tokenizer, tokenize_with_mask
 from draftsmith.data.rowerrors import NO_REPLY, NO_SUPERVISED
 from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_template, template_names
-from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.errors import DraftsmithError, InputError, StrictRowError
 from draftsmith.fsutil import cache_key as fsutil_cache_key, file_digest, replace_dir, staging_dir, write_json_atomic
 
 FORMAT_VERSION = 2  # 2: replies before the first user message are dropped (#16.4)
@@ -51,24 +53,65 @@ CHUNK_ROWS = 256
 _TOKENIZER_SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
 
 
+TEMPLATE_DEFAULT = object()   # `--system-prompt` without a value: the template's default system prompt
+
+
 @dataclass
 class BuildConfig:
-    """Everything build-dataset needs. `system_prompt` fills rows without a system message;
+    """Every setting of build-dataset: the one source of its flags, defaults, help and config files
+    (draftsmith/config.py). `system_prompt` fills rows without a system message;
     `use_template_system_prompt` opts in to a named template's default one instead."""
 
-    data_path: str
-    tokenizer: str
-    chat_template: str = HF
-    max_length: int = 2048
-    is_preformatted: bool = False
-    train_only_last_turn: bool = False
-    system_prompt: str | None = None
-    use_template_system_prompt: bool = False
-    num_proc: int = 1
-    output: str | None = None
-    trust_remote_code: bool = False
-    overwrite: bool = False
-    limits: RowLimits = DEFAULT_LIMITS
+    data_path: str = option(help="conversations or pre-formatted JSONL/JSON/parquet", metavar="FILE")
+    target_model_path: str = option(
+        help="the target model (a folder or hub name) whose tokenizer and chat template tokenize the rows",
+        aliases=("--model-path",), deprecated=("--tokenizer",), metavar="PATH")
+    chat_template: str = option(HF, choices=template_names(),
+                                help="named template, or 'hf' for the tokenizer's own jinja template")
+    max_length: int = option(2048, help="tokens per row (longer rows are truncated)")
+    is_preformatted: bool = option(False, help="rows are {'id','text'} already rendered with the chat template")
+    train_only_last_turn: bool = option(False, help="supervise only the last reply")
+    system_prompt: str | None = option(None, nargs="?", const=TEMPLATE_DEFAULT, metavar="TEXT",
+                                       help="system message for rows without one; without a value, the template's "
+                                            "default (as --use-template-system-prompt)")
+    use_template_system_prompt: bool = option(
+        False, help="fill rows without a system message with the named template's default system prompt")
+    num_proc: int = option(1, help="processes that render and tokenize (never changes the output)")
+    output_dir: str | None = option(None, deprecated=("--output",), metavar="DIR",
+                                    help="output folder (default: a cache folder keyed by the inputs)")
+    trust_remote_code: bool = option(False, help="allow the tokenizer's own Python code")
+    overwrite: bool = option(False, help="rebuild even when the cache matches")
+    strict: bool = option(False, help="stop at the first row that would be skipped: print why, write nothing, exit 2")
+    draft_vocab_size: int | None = option(None, help="also build the draft vocab mapping (d2t/t2d) of this size")
+    target_vocab_size: int | None = option(
+        None, help="target vocab size for the mapping (default: the model config's, else the tokenizer's)")
+    limits: RowLimits = field(default_factory=RowLimits)
+
+    def __post_init__(self):
+        if self.system_prompt is TEMPLATE_DEFAULT:
+            self.system_prompt, self.use_template_system_prompt = None, True
+
+    def validate(self) -> None:
+        if self.max_length <= 0:
+            raise InputError("must be positive", field="--max-length")
+        if self.num_proc < 1:
+            raise InputError("must be >= 1", field="--num-proc")
+        if self.system_prompt is not None and self.use_template_system_prompt:
+            raise InputError("give a --system-prompt text or --use-template-system-prompt, not both",
+                             field="--system-prompt")
+        for name in ("draft_vocab_size", "target_vocab_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError("must be >= 1", field="--" + name.replace("_", "-"))
+        if self.chat_template not in template_names():
+            get_template(self.chat_template)  # raises with the known names
+        if (self.use_template_system_prompt and self.chat_template != HF
+                and get_template(self.chat_template).default_system is None):
+            raise DraftsmithError(f"template {self.chat_template!r} has no default system prompt")
+
+
+CONFIG = BuildConfig
+# settings that never change the tokenized output (not in its manifest; the cache key names what does)
+_NOT_OUTPUT = ("output_dir", "overwrite", "num_proc", "strict", "draft_vocab_size", "target_vocab_size")
 
 
 @dataclass
@@ -89,6 +132,7 @@ class _Chunk:
     skipped: list[dict] = field(default_factory=list)
     truncated: int = 0
     dropped_leading: int = 0
+    last: tuple[int, int] = (0, 0)   # input position of the chunk's last row (`_position`)
 
 
 # ------------------------------------------------------------------------------ cache key
@@ -119,7 +163,7 @@ def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
     parts = {
         "format": FORMAT_VERSION,
         "data": file_digest(data).hexdigest(),
-        "tokenizer": tokenizer_fingerprint(cfg.tokenizer, tokenizer),
+        "tokenizer": tokenizer_fingerprint(cfg.target_model_path, tokenizer),
         "template": template,
         "max_length": cfg.max_length,
         "is_preformatted": cfg.is_preformatted,
@@ -153,7 +197,7 @@ def _stop_tokens(ref: str, tokenizer) -> list[str]:
 
 def make_renderer(cfg: BuildConfig, tokenizer):
     if cfg.chat_template == HF:
-        return JinjaTemplate(tokenizer, stop_tokens=_stop_tokens(cfg.tokenizer, tokenizer))
+        return JinjaTemplate(tokenizer, stop_tokens=_stop_tokens(cfg.target_model_path, tokenizer))
     return get_template(cfg.chat_template)
 
 
@@ -161,13 +205,13 @@ class _Worker:
     """Per-process state: tokenizer backend and renderer, built once."""
 
     def __init__(self, cfg: BuildConfig, tokenizer=None):
-        tokenizer = tokenizer or load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+        tokenizer = tokenizer or load_tokenizer(cfg.target_model_path, cfg.trust_remote_code)
         self.cfg = cfg
         self.backend = backend_tokenizer(tokenizer)
         self.renderer = make_renderer(cfg, tokenizer)
 
     def process(self, rows: list[tuple[dict, dict]]) -> _Chunk:
-        cfg, chunk = self.cfg, _Chunk()
+        cfg, chunk = self.cfg, _Chunk(last=_position(rows[-1][0]))
         texts, spans, kept = [], [], []
         for where, row in rows:
             try:
@@ -329,6 +373,19 @@ def _save_quietly(dataset, path: Path) -> None:
             ds_logging.enable_progress_bar()
 
 
+def _position(entry: dict) -> tuple[int, int]:
+    """Sort key of a row's place in the input (a skipped entry, or a row's `where`)."""
+    return entry.get("line") or 0, entry.get("index") or 0
+
+
+def _stop_at_first(skipped: list[dict], upto: tuple[int, int] | None = None) -> None:
+    """--strict: StrictRowError for the first skipped row in input order. Rows are read ahead of the
+    chunks being tokenized, so only rows up to the last tokenized one (`upto`) are known to be first."""
+    known = [s for s in skipped if upto is None or _position(s) <= upto]
+    if known:
+        raise StrictRowError(rowerrors.describe(min(known, key=_position)))
+
+
 def read_manifest(path: str | os.PathLike) -> dict | None:
     f = Path(path) / MANIFEST
     if not f.is_file():
@@ -339,30 +396,29 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
         return None
 
 
-def output_dir(cfg: BuildConfig, key: str) -> Path:
-    return Path(cfg.output) if cfg.output else resources.cache_root() / "datasets" / key
+def output_folder(cfg: BuildConfig, key: str) -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else resources.cache_root() / "datasets" / key
 
 
 def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
     """Build (or reuse from cache) the tokenized dataset for `cfg`; see the module docstring."""
-    if cfg.max_length <= 0:
-        raise InputError("must be positive", field="max_length")
-    if cfg.chat_template not in template_names():
-        get_template(cfg.chat_template)  # raises with the known names
-    if cfg.use_template_system_prompt and cfg.chat_template != HF and get_template(cfg.chat_template).default_system is None:
-        raise DraftsmithError(f"template {cfg.chat_template!r} has no default system prompt")
-    tokenizer = None if Path(cfg.tokenizer).is_dir() else load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    cfg.validate()
+    tokenizer = None if Path(cfg.target_model_path).is_dir() else load_tokenizer(cfg.target_model_path,
+                                                                                  cfg.trust_remote_code)
     key = cache_key(cfg, tokenizer)
-    out = output_dir(cfg, key)
+    out = output_folder(cfg, key)
     manifest = read_manifest(out)
     if not cfg.overwrite and manifest and manifest.get("key") == key and (out / "dataset_info.json").exists():
+        if cfg.strict and manifest["report"]["skipped"]:
+            with open(out / SKIPPED, encoding="utf-8") as f:
+                _stop_at_first([json.loads(f.readline())])
         return BuildResult(out, manifest["report"], key, cached=True)
 
     import pyarrow as pa
     from datasets import Dataset
 
     started = time.perf_counter()
-    tokenizer = tokenizer or load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    tokenizer = tokenizer or load_tokenizer(cfg.target_model_path, cfg.trust_remote_code)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
     try:
@@ -372,6 +428,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
         with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, _schema()) as writer:
             for chunk in _chunks(cfg, tokenizer, skipped, counts):
                 skipped.extend(chunk.skipped)
+                if cfg.strict:
+                    _stop_at_first(skipped, upto=chunk.last)
                 counts["truncated"] += chunk.truncated
                 counts["dropped_leading"] += chunk.dropped_leading
                 counts["rows_out"] += len(chunk.ids)
@@ -383,6 +441,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
                     print(f"\r{counts['rows_in']} rows read, {counts['rows_out']} written", end="", file=sys.stderr)
         if progress:
             print(file=sys.stderr)
+        if cfg.strict:
+            _stop_at_first(skipped)
         if counts["rows_out"] == 0:
             reasons = Counter(s["reason"] for s in skipped).most_common(3)
             raise InputError(f"no usable row ({counts['rows_in']} read; skipped: {reasons})", path=cfg.data_path)
@@ -399,12 +459,12 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
             "tokens": counts["tokens"],
             "supervised_tokens": counts["supervised_tokens"], "seconds": round(time.perf_counter() - started, 3),
         }
-        skipped.sort(key=lambda s: (s.get("line") or 0, s.get("index") or 0))
+        skipped.sort(key=_position)
         with open(tmp / SKIPPED, "w", encoding="utf-8", errors="backslashreplace") as f:
             for s in skipped:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
-        config = {k: v for k, v in asdict(cfg).items() if k not in ("output", "overwrite", "num_proc")}
-        write_json_atomic(tmp / MANIFEST, {"key": key, "format": FORMAT_VERSION, "config": config, "report": report})
+        settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_OUTPUT}
+        write_json_atomic(tmp / MANIFEST, {"key": key, "format": FORMAT_VERSION, "config": settings, "report": report})
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
@@ -413,9 +473,6 @@ def build_dataset(cfg: BuildConfig, progress: bool = False) -> BuildResult:
 
 
 # ------------------------------------------------------------------------------ CLI
-TEMPLATE_DEFAULT = object()
-
-
 def is_tokenized_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
@@ -434,9 +491,9 @@ def load_tokenized(data_path: str | Path, *, tokenizer: str | None, chat_templat
     if not is_tokenized_folder(path):
         if tokenizer is None:
             raise DraftsmithError(f"{flag} {path} needs tokenizing: give the target model (its tokenizer)")
-        result = build_dataset(BuildConfig(data_path=str(path), tokenizer=tokenizer,
-                                           chat_template=chat_template or "hf", max_length=max_length,
-                                           is_preformatted=is_preformatted, output=None))
+        result = build_dataset(BuildConfig(data_path=str(path), target_model_path=tokenizer,
+                                           chat_template=chat_template or HF, max_length=max_length,
+                                           is_preformatted=is_preformatted))
         path = Path(result.path)
         if result.report["skipped"]:  # the stage goes on without them, and says so
             reasons = ", ".join(f"{n} {r}" for r, n in result.report["skipped_by_reason"].items())
@@ -454,48 +511,24 @@ def load_tokenized(data_path: str | Path, *, tokenizer: str | None, chat_templat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-path", required=True, help="conversations or pre-formatted JSONL/JSON/parquet")
-    parser.add_argument("--tokenizer", "--model-path", dest="tokenizer", required=True,
-                        help="tokenizer folder or hub name (usually the target model)")
-    parser.add_argument("--chat-template", default=HF, choices=template_names(),
-                        help="named template, or 'hf' for the tokenizer's own jinja template (default)")
-    parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument("--is-preformatted", action="store_true",
-                        help="rows are {'id','text'} already rendered with the chat template")
-    parser.add_argument("--train-only-last-turn", action="store_true", help="supervise only the last reply")
-    parser.add_argument("--system-prompt", nargs="?", const=TEMPLATE_DEFAULT, default=None,
-                        help="system message for rows without one; without a value, the template's default")
-    parser.add_argument("--num-proc", type=int, default=1)
-    parser.add_argument("--output", default=None, help="output folder (default: a cache folder keyed by the inputs)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild even when the cache matches")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the tokenizer's own Python code")
-    parser.add_argument("--draft-vocab-size", type=int, default=None,
-                        help="also build the draft vocab mapping (d2t/t2d) of this size")
-    parser.add_argument("--target-vocab-size", type=int, default=None,
-                        help="target vocab size for the mapping (default: the model config's, else the tokenizer's)")
-    add_limit_arguments(parser)
+    config.add_arguments(parser, BuildConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    default = args.system_prompt is TEMPLATE_DEFAULT
-    return BuildConfig(data_path=args.data_path, tokenizer=args.tokenizer, chat_template=args.chat_template,
-                       max_length=args.max_length, is_preformatted=args.is_preformatted,
-                       train_only_last_turn=args.train_only_last_turn,
-                       system_prompt=None if default else args.system_prompt, use_template_system_prompt=default,
-                       num_proc=args.num_proc, output=args.output, trust_remote_code=args.trust_remote_code,
-                       overwrite=args.overwrite, limits=limits_from_args(args))
+    """BuildConfig defaults <- the --config file <- flags given on the command line."""
+    return config.from_args(BuildConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     result = build_dataset(cfg, progress=True)
     summary = {"path": str(result.path), "cached": result.cached, **result.report}
-    if args.draft_vocab_size:
+    if cfg.draft_vocab_size:
         from draftsmith.data.vocab import build_vocab_mapping, target_vocab_size_of
 
-        size = args.target_vocab_size or target_vocab_size_of(cfg.tokenizer, cfg.trust_remote_code)
-        vm = build_vocab_mapping(result.path, target_vocab_size=size, draft_vocab_size=args.draft_vocab_size)
-        summary["vocab_mapping"] = {"path": str(vm.path), "draft_vocab_size": args.draft_vocab_size,
+        size = cfg.target_vocab_size or target_vocab_size_of(cfg.target_model_path, cfg.trust_remote_code)
+        vm = build_vocab_mapping(result.path, target_vocab_size=size, draft_vocab_size=cfg.draft_vocab_size)
+        summary["vocab_mapping"] = {"path": str(vm.path), "draft_vocab_size": cfg.draft_vocab_size,
                                     "target_vocab_size": size, "coverage": round(vm.coverage, 6)}
     print(json.dumps(summary, indent=2))
     return 0

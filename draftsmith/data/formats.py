@@ -26,7 +26,6 @@ Invalid Unicode is rejected by `check_value` (policy in rowerrors.py).
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import gzip
 import json
@@ -39,13 +38,13 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
+from draftsmith.config import option
 from draftsmith.data.rowerrors import (INVALID_JSON, INVALID_UNICODE, TOO_DEEP, TOO_LARGE, TRUNCATED_JSON,
                                        UNREADABLE)
 from draftsmith.errors import DraftsmithError, InputError
 
 __all__ = ["INVALID_JSON", "INVALID_UNICODE", "TOO_DEEP", "TOO_LARGE", "TRUNCATED_JSON", "UNREADABLE",
-           "SUFFIXES", "Record", "RowLimits", "DEFAULT_LIMITS", "add_limit_arguments", "limits_from_args",
-           "check_value", "file_format", "iter_records"]
+           "SUFFIXES", "Record", "RowLimits", "DEFAULT_LIMITS", "check_value", "file_format", "iter_records"]
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
 _CHUNK_BYTES = 1 << 22
@@ -67,10 +66,14 @@ _CLOSE[[ord("]"), ord("}")]] = 1
 class RowLimits:
     """Per-row limits: `max_row_bytes` (a JSON Lines line's bytes, a JSON-array element's
     characters, a parquet row's arrow bytes) and `max_row_depth` (nesting of lists/objects,
-    the row itself being level 1)."""
+    the row itself being level 1). A data stage's config holds one as its `limits` field, which
+    gives the stage the two flags (draftsmith/config.py: a nested dataclass contributes its
+    fields' flags, and is a nested `limits:` mapping in a config file)."""
 
-    max_row_bytes: int = 64 << 20
-    max_row_depth: int = 64
+    max_row_bytes: int = option(64 << 20, group="row limits",
+                                help="skip a row longer than N bytes without loading it")
+    max_row_depth: int = option(64, group="row limits",
+                                help=f"skip a row nested deeper than N lists/objects (at most {_MAX_DEPTH_CEILING})")
 
     def __post_init__(self):
         if self.max_row_bytes < 1:
@@ -81,19 +84,6 @@ class RowLimits:
 
 
 DEFAULT_LIMITS = RowLimits()
-
-
-def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
-    """The limit flags, spelled the same in every data stage."""
-    parser.add_argument("--max-row-bytes", type=int, default=DEFAULT_LIMITS.max_row_bytes, metavar="N",
-                        help=f"skip a row longer than N bytes without loading it (default {DEFAULT_LIMITS.max_row_bytes:,})")
-    parser.add_argument("--max-row-depth", type=int, default=DEFAULT_LIMITS.max_row_depth, metavar="N",
-                        help=f"skip a row nested deeper than N lists/objects (default {DEFAULT_LIMITS.max_row_depth}, "
-                             f"at most {_MAX_DEPTH_CEILING})")
-
-
-def limits_from_args(args: argparse.Namespace) -> RowLimits:
-    return RowLimits(max_row_bytes=args.max_row_bytes, max_row_depth=args.max_row_depth)
 
 
 @dataclass(frozen=True)

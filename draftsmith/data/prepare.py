@@ -39,10 +39,10 @@ from typing import BinaryIO, Callable, Iterator
 
 from tqdm import tqdm
 
-from draftsmith import resources
+from draftsmith import config, resources
+from draftsmith.config import option
 from draftsmith.data import conversation, rowerrors
-from draftsmith.data.formats import (DEFAULT_LIMITS, SUFFIXES, Record, RowLimits, add_limit_arguments, file_format,
-                                     iter_records, limits_from_args)
+from draftsmith.data.formats import SUFFIXES, Record, RowLimits, file_format, iter_records
 from draftsmith.data.presets import PRESETS, Preset, get_preset, hub_records
 from draftsmith.errors import DraftsmithError, InputError, StrictRowError
 from draftsmith.fsutil import replace_dir, staging_dir, write_json_atomic
@@ -56,20 +56,50 @@ _LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
 
 @dataclass
 class PrepareConfig:
-    dataset: str
-    data_path: list[Path] = field(default_factory=list)
-    output_path: Path | None = None  # None -> <cache>/dataset
-    name: str | None = None  # output folder and file prefix; default: the dataset name
-    split: str | None = None  # hub split; default: the preset's
-    sample_size: int | None = None
-    split_eval: bool = False
-    eval_ratio: float = 0.05
-    seed: int = 0
-    num_proc: int = 1
-    overwrite: bool = False
-    strict: bool = False
-    progress: bool | None = None  # None: a progress bar only on a terminal
-    limits: RowLimits = DEFAULT_LIMITS
+    """Every setting of prepare-data: the one source of its flags, defaults, help and config files
+    (draftsmith/config.py). `validate()` checks the values that need no input file."""
+
+    dataset: str | None = option(
+        None, help=f"preset name ({', '.join(PRESETS)}) or a hub dataset 'org/name' whose rows are already "
+                   "chat-shaped; default 'custom' when --data-path is given")
+    data_path: list[Path] = option(
+        default_factory=list, metavar="FILE",
+        help="local .json/.jsonl/.parquet file(s) or folder(s) in the preset's row shape, read instead of the hub")
+    split: str | None = option(None, help="hub split to read (default: the preset's, e.g. train_sft for ultrachat)")
+    output_dir: Path | None = option(None, aliases=("--output-path",), metavar="DIR",
+                                     help="parent folder of the output (default: cache/dataset)")
+    name: str | None = option(None, help="output folder and file prefix (default: the dataset name)")
+    num_samples: int | None = option(None, aliases=("--sample-size",),
+                                     help="stop after N conversations are written (the first N usable rows)")
+    split_eval: bool = option(False, help="also write a held-out <name>_eval.jsonl")
+    eval_ratio: float = option(0.05, help="share of written rows for eval")
+    seed: int = option(0, help="seed of the eval sample")
+    num_proc: int = option(1, help="processes that normalize rows")
+    overwrite: bool = option(False, help="replace an existing output folder")
+    strict: bool = option(False, help="stop at the first row that would be skipped: print why, write nothing, exit 2")
+    progress: bool | None = option(None, help="progress bar (default: only on a terminal)")
+    limits: RowLimits = field(default_factory=RowLimits)
+
+    def __post_init__(self):
+        if self.dataset is None and self.data_path:
+            self.dataset = "custom"
+
+    def validate(self) -> None:
+        if not self.dataset:
+            raise DraftsmithError("pass --dataset NAME (a preset) or --data-path FILE")
+        if self.split and self.data_path:
+            raise DraftsmithError("--split selects a hub split; it has no meaning with --data-path")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise DraftsmithError(f"--num-samples must be at least 1, got {self.num_samples}")
+        if self.split_eval and not 0.0 < self.eval_ratio < 1.0:
+            raise DraftsmithError(f"--eval-ratio must be between 0 and 1 (exclusive), got {self.eval_ratio}")
+        if self.num_proc < 1:
+            raise DraftsmithError(f"--num-proc must be at least 1, got {self.num_proc}")
+        if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name.startswith(".")):
+            raise DraftsmithError(f"--name must be a plain folder name, got {self.name!r}")
+
+
+CONFIG = PrepareConfig
 
 
 @dataclass
@@ -83,43 +113,15 @@ class PrepareResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    presets = ", ".join(PRESETS)
+    config.add_arguments(parser, PrepareConfig)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "presets (--dataset):\n" + "".join(
         f"  {p.name:<11} {p.hub_source if p.hub_name else 'local files only'}\n  {'':<11} {p.description}\n"
         for p in PRESETS.values()) + "  org/name    any hub dataset whose rows are already chat-shaped"
-    parser.add_argument("--dataset", default=None,
-                        help=f"preset name ({presets}) or a hub dataset 'org/name' whose rows are already "
-                             "chat-shaped; default 'custom' when --data-path is given")
-    parser.add_argument("--data-path", nargs="+", type=Path, default=[], metavar="FILE",
-                        help="local .json/.jsonl/.parquet file(s) or folder(s) in the preset's row shape, "
-                             "read instead of the hub")
-    parser.add_argument("--split", default=None,
-                        help="hub split to read (default: the preset's, e.g. train_sft for ultrachat)")
-    parser.add_argument("--output-path", type=Path, default=None,
-                        help="parent folder of the output (default: cache/dataset)")
-    parser.add_argument("--name", default=None, help="output folder and file prefix (default: the dataset name)")
-    parser.add_argument("--sample-size", type=int, default=None, metavar="N",
-                        help="stop after N conversations are written (the first N usable rows)")
-    parser.add_argument("--split-eval", action="store_true", help="also write a held-out <name>_eval.jsonl")
-    parser.add_argument("--eval-ratio", type=float, default=0.05, help="share of written rows for eval (default 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the eval sample (default 0)")
-    parser.add_argument("--num-proc", type=int, default=1, help="processes that normalize rows (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first row that would be skipped: print why, write nothing, exit 2")
-    add_limit_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = PrepareConfig(dataset=args.dataset or ("custom" if args.data_path else ""), data_path=list(args.data_path),
-                        output_path=args.output_path, name=args.name, split=args.split, sample_size=args.sample_size,
-                        split_eval=args.split_eval, eval_ratio=args.eval_ratio, seed=args.seed,
-                        num_proc=args.num_proc, overwrite=args.overwrite, strict=args.strict,
-                        limits=limits_from_args(args))
-    if not cfg.dataset:
-        raise DraftsmithError("pass --dataset NAME (a preset) or --data-path FILE")
-    result = prepare_data(cfg)
+    result = prepare_data(config.from_args(PrepareConfig, args))
     print(format_summary(result))
     if not result.summary["written"]:
         print(f"warning: no conversation was written; the reasons are in {result.skipped_path}", file=sys.stderr)
@@ -129,17 +131,19 @@ def run(args: argparse.Namespace) -> int:
 def prepare_data(cfg: PrepareConfig) -> PrepareResult:
     """Run the stage; raises DraftsmithError on bad settings, never on bad rows (but
     StrictRowError at the first bad row with `cfg.strict`)."""
+    cfg.validate()
     preset = get_preset(cfg.dataset)
-    _check_config(cfg, preset)
+    if preset.hub_name is None and not cfg.data_path:
+        raise DraftsmithError(f"dataset {preset.name!r} is local-only: pass --data-path FILE")
     if cfg.split:
         preset = dataclasses.replace(preset, split=cfg.split)
     files = _expand_paths(cfg.data_path)
     name = cfg.name or preset.name.rsplit("/", 1)[-1]  # "org/name" hub datasets -> "name"
-    parent = Path(cfg.output_path) if cfg.output_path is not None else resources.cache_root() / "dataset"
+    parent = Path(cfg.output_dir) if cfg.output_dir is not None else resources.cache_root() / "dataset"
     out_dir = parent / name
     if out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
         raise DraftsmithError(f"output {out_dir} already exists; pass --overwrite to replace it "
-                              f"(or choose another --output-path / --name)")
+                              f"(or choose another --output-dir / --name)")
     parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out_dir)
     try:
@@ -151,21 +155,6 @@ def prepare_data(cfg: PrepareConfig) -> PrepareResult:
     eval_path = out_dir / f"{name}_eval.jsonl" if cfg.split_eval else None
     return PrepareResult(out_dir, out_dir / f"{name}_train.jsonl", eval_path, out_dir / f"{name}_skipped.jsonl",
                          out_dir / f"{name}_summary.json", summary)
-
-
-def _check_config(cfg: PrepareConfig, preset: Preset) -> None:
-    if preset.hub_name is None and not cfg.data_path:
-        raise DraftsmithError(f"dataset {preset.name!r} is local-only: pass --data-path FILE")
-    if cfg.split and cfg.data_path:
-        raise DraftsmithError("--split selects a hub split; it has no meaning with --data-path")
-    if cfg.sample_size is not None and cfg.sample_size < 1:
-        raise DraftsmithError(f"--sample-size must be at least 1, got {cfg.sample_size}")
-    if cfg.split_eval and not 0.0 < cfg.eval_ratio < 1.0:
-        raise DraftsmithError(f"--eval-ratio must be between 0 and 1 (exclusive), got {cfg.eval_ratio}")
-    if cfg.num_proc < 1:
-        raise DraftsmithError(f"--num-proc must be at least 1, got {cfg.num_proc}")
-    if cfg.name is not None and (not cfg.name or Path(cfg.name).name != cfg.name or cfg.name.startswith(".")):
-        raise DraftsmithError(f"--name must be a plain folder name, got {cfg.name!r}")
 
 
 def _expand_paths(paths: list[Path]) -> list[Path]:
@@ -362,7 +351,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
             kinds[kind] += 1
             for k, n in zip(conversation.FIX_KINDS, row_fixes):
                 fixes[k] += n
-            if cfg.sample_size is not None and written >= cfg.sample_size:
+            if cfg.num_samples is not None and written >= cfg.num_samples:
                 break
     n_eval = 0
     if cfg.split_eval:
@@ -383,7 +372,7 @@ def _write_outputs(cfg: PrepareConfig, preset: Preset, files: list[Path], name: 
         "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
         "kinds": dict(sorted(kinds.items())),
         "normalized": fixes,
-        "sample_size": cfg.sample_size,
+        "num_samples": cfg.num_samples,
         "split_eval": cfg.split_eval,
         "eval_ratio": cfg.eval_ratio if cfg.split_eval else None,
         "seed": cfg.seed,

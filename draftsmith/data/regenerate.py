@@ -7,9 +7,10 @@ will really be asked to speed up) closes that gap. Each user turn is answered in
 with the target's earlier replies as the history, the way a chat with it unfolds.
 
 Input: canonical conversations (anything `validate-data` accepts; pre-formatted text
-rows and rows with tool messages are skipped with a reason). Output in `--output-path`:
-`regenerated.jsonl` (canonical rows, `id`s kept), `regenerate_skipped.jsonl` (line +
-reason) and `regenerate_summary.json` whose counts add up: read == written + skipped.
+rows and rows with tool messages are skipped with a reason; with --strict the first such
+row ends the run, exit 2). Output in `--output-dir`: `regenerated.jsonl` (canonical rows,
+`id`s kept), `regenerate_skipped.jsonl` (line + reason) and `regenerate_summary.json` whose
+counts add up: read == written + skipped.
 
 Conversations are batched in order of prompt length (little left-padding). The run is
 resumable: each finished batch is appended to `regenerated.partial.rank<R>.jsonl` and a rerun
@@ -21,21 +22,21 @@ output does not depend on the number of processes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from draftsmith import dist
+from draftsmith import config, dist
+from draftsmith.config import option
 from draftsmith.data import rowerrors
 from draftsmith.data.conversation import normalize_row
-from draftsmith.data.formats import DEFAULT_LIMITS, RowLimits, add_limit_arguments, iter_records
-from draftsmith.errors import DraftsmithError
+from draftsmith.data.formats import RowLimits, iter_records
+from draftsmith.errors import DraftsmithError, StrictRowError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 from draftsmith.target.dtype import CHOICES, DTYPE_HELP, check_dtype_name, resolve_dtype
 from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
@@ -49,23 +50,29 @@ COUNTS = ("replies", "reply_tokens", "replies_cut_at_max_new_tokens")   # per ba
 
 @dataclass
 class RegenerateConfig:
-    model_path: str
-    data_path: list[Path]
-    output_path: Path
-    max_new_tokens: int = 512
-    max_prompt_length: int = 1536       # a turn whose prompt is longer ends the conversation there
-    max_turns: int | None = None        # answer at most this many user turns (None: all)
-    num_samples: int | None = None      # first N usable conversations
-    batch_size: int = 16
-    temperature: float = 0.0            # 0 = greedy, as speculative decoding is usually served and evaluated
-    top_p: float = 1.0
-    seed: int = 0
-    dtype: str = "auto"                 # draftsmith.target.dtype: bf16 on CUDA / native-bf16 CPUs, else float32
-    device: str | None = None
-    trust_remote_code: bool = False
-    progress: bool = True
-    max_row_bytes: int = DEFAULT_LIMITS.max_row_bytes   # formats.RowLimits, as in every data stage
-    max_row_depth: int = DEFAULT_LIMITS.max_row_depth
+    """Every setting of regenerate-data: the one source of its flags, defaults, help and config
+    files (draftsmith/config.py); values are checked on construction."""
+
+    target_model_path: str = option(help="target model: HF folder or hub name", aliases=("--model-path",),
+                                    metavar="PATH")
+    data_path: list[Path] = option(help="conversations JSONL/JSON/parquet", metavar="FILE")
+    output_dir: Path = option(help="folder for regenerated.jsonl and its summary", deprecated=("--output-path",),
+                              metavar="DIR")
+    max_new_tokens: int = option(512, help="tokens per reply")
+    max_prompt_length: int = option(1536, help="tokens; a turn whose prompt is longer ends its conversation there")
+    max_turns: int | None = option(None, help="answer at most N user turns per conversation (default: all)")
+    num_samples: int | None = option(None, help="only the first N usable conversations")
+    batch_size: int = option(16, help="conversations per generate call")
+    temperature: float = option(0.0, help="0 = greedy, as speculative decoding is usually served and evaluated")
+    top_p: float = option(1.0, help="nucleus sampling (with --temperature > 0)")
+    seed: int = option(0, help="seed of sampling (with --temperature > 0)")
+    dtype: str = option("auto", choices=CHOICES, help=DTYPE_HELP)
+    device: str | None = option(None, help="cpu, cuda or auto (default: CUDA when present)")
+    trust_remote_code: bool = option(False, help="allow the model's own Python code")
+    progress: bool = option(True, help="progress bar")
+    strict: bool = option(False, help="stop at the first input row that would be skipped (unreadable, not a "
+                                      "conversation, tool messages): print why, exit 2")
+    limits: RowLimits = field(default_factory=RowLimits)
 
     def __post_init__(self):
         for name in ("max_new_tokens", "max_prompt_length", "batch_size"):
@@ -73,17 +80,24 @@ class RegenerateConfig:
                 raise DraftsmithError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_turns is not None and self.max_turns < 1:
             raise DraftsmithError(f"--max-turns must be >= 1, got {self.max_turns}")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise DraftsmithError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.temperature < 0:
             raise DraftsmithError(f"--temperature must be >= 0, got {self.temperature}")
         check_dtype_name(self.dtype)
 
     def settings(self) -> dict:
-        """What decides the output: a rerun with other values must not continue an old partial file."""
-        keep = ("model_path", "max_new_tokens", "max_prompt_length", "max_turns", "num_samples", "batch_size",
-                "temperature", "top_p", "seed", "dtype", "max_row_bytes", "max_row_depth")
-        record = {k: getattr(self, k) for k in keep}
+        """What decides the output: a rerun with other values must not continue an old partial file.
+        (Keys as earlier releases wrote them, `model_path` and flat limits, so their partial runs resume.)"""
+        keep = ("max_new_tokens", "max_prompt_length", "max_turns", "num_samples", "batch_size",
+                "temperature", "top_p", "seed", "dtype")
+        record = {"model_path": self.target_model_path, **{k: getattr(self, k) for k in keep},
+                  "max_row_bytes": self.limits.max_row_bytes, "max_row_depth": self.limits.max_row_depth}
         record["data_path"] = [str(p) for p in self.data_path]
         return record
+
+
+CONFIG = RegenerateConfig
 
 
 @dataclass
@@ -101,27 +115,28 @@ class Item:
 def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
     """Usable conversations in input order; every other row goes to `skipped` with its position
     (reasons: rowerrors.TABLE; rows are read with the limits and Unicode policy of every data stage,
-    and normalized as prepare-data does: replies before the first user message are dropped)."""
+    and normalized as prepare-data does: replies before the first user message are dropped).
+    With `cfg.strict` the first such row raises StrictRowError instead."""
     items: list[Item] = []
-    limits = RowLimits(cfg.max_row_bytes, cfg.max_row_depth)
+    skip = _strict_skip(cfg, skipped)
     for path in cfg.data_path:
-        for rec in iter_records(path, limits=limits):
+        for rec in iter_records(path, limits=cfg.limits):
             where = {"source": rec.source, **rec.position()}
             if rec.error:
-                skipped.append(rec.skip_entry())
+                skip(rec.skip_entry())
                 continue
             try:
                 norm = normalize_row(rec.value)
             except Exception as e:  # the safety net (never expected: tests/test_fuzz_rows.py asserts it)
-                skipped.append({**where, "id": _row_id(rec.value), **rowerrors.internal_error(e)})
+                skip({**where, "id": _row_id(rec.value), **rowerrors.internal_error(e)})
                 continue
             if norm.kind == "preformatted" or norm.row is None:
                 reason = rowerrors.NO_TURNS if norm.kind == "preformatted" else norm.problem.reason
-                skipped.append({**where, "id": _row_id(rec.value), "reason": reason})
+                skip({**where, "id": _row_id(rec.value), "reason": reason})
                 continue
             messages = norm.row["conversations"]
             if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-                skipped.append({**where, "id": norm.row["id"], "reason": rowerrors.TOOL_CALLS_NOT_REGENERATED})
+                skip({**where, "id": norm.row["id"], "reason": rowerrors.TOOL_CALLS_NOT_REGENERATED})
                 continue
             users = [m["content"] for m in messages if m["role"] == "user"][: cfg.max_turns]
             system = [{"role": "system", "content": m["content"]} for m in messages if m["role"] == "system"]
@@ -129,6 +144,15 @@ def read_items(cfg: RegenerateConfig, skipped: list[dict]) -> list[Item]:
             if cfg.num_samples is not None and len(items) >= cfg.num_samples:
                 return items
     return items
+
+
+def _strict_skip(cfg: RegenerateConfig, skipped: list[dict]):
+    """`skipped.append`, or with --strict a StrictRowError naming the row."""
+    def skip(entry: dict) -> None:
+        if cfg.strict:
+            raise StrictRowError(rowerrors.describe(entry))
+        skipped.append(entry)
+    return skip
 
 
 def _row_id(value: object) -> str | None:
@@ -144,11 +168,11 @@ class Generator:
 
         dtype = resolve_dtype(cfg.dtype, device, "regenerate-data")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
-            self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype,
-                                                              trust_remote_code=cfg.trust_remote_code)
+            path, trust = cfg.target_model_path, cfg.trust_remote_code
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
         except (OSError, ValueError, AttributeError) as e:
-            raise DraftsmithError(f"cannot load target model {cfg.model_path}: {e}") from None
+            raise DraftsmithError(f"cannot load target model {cfg.target_model_path}: {e}") from None
         self.model = self.model.to(device).eval()
         self.device = device
         self.cfg = cfg
@@ -254,7 +278,7 @@ def _partial(out: Path, rank: int) -> Path:
 
 def regenerate(cfg: RegenerateConfig) -> dict:
     info = dist.init_distributed(cfg.device)
-    out = Path(cfg.output_path)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings_path, settings = out / SETTINGS, cfg.settings()
     if info.is_main:
@@ -262,7 +286,7 @@ def regenerate(cfg: RegenerateConfig) -> dict:
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise DraftsmithError(f"{out} holds a regeneration with other settings ({', '.join(changed)}): "
-                                  "choose another --output-path or delete it")
+                                  "choose another --output-dir or delete it")
         write_json_atomic(settings_path, settings)
     dist.barrier()
     if (out / SUMMARY).exists() and (out / OUTPUT).exists():
@@ -351,30 +375,11 @@ def _rewrite(partial: Path, done: dict[int, tuple[list[str], dict]]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = RegenerateConfig(model_path="", data_path=[], output_path=Path("."))
-    p.add_argument("--model-path", required=True, help="target model: HF folder or hub name")
-    p.add_argument("--data-path", type=Path, nargs="+", required=True, help="conversations JSONL/JSON/parquet")
-    p.add_argument("--output-path", type=Path, required=True, help="folder for regenerated.jsonl and its summary")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per reply (default %(default)s)")
-    p.add_argument("--max-prompt-length", type=int, default=d.max_prompt_length,
-                   help="tokens; a longer turn ends its conversation (default %(default)s)")
-    p.add_argument("--max-turns", type=int, default=None, help="answer at most N user turns per conversation")
-    p.add_argument("--num-samples", type=int, default=None, help="only the first N usable conversations")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="conversations per generate call")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--dtype", default=d.dtype, choices=CHOICES, help=DTYPE_HELP)
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA when present)")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_limit_arguments(p)
+    config.add_arguments(p, RegenerateConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(RegenerateConfig)}
-    cfg = RegenerateConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    summary = regenerate(cfg)
+    summary = regenerate(config.from_args(RegenerateConfig, args))
     if summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
     return 0

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from draftsmith import config
+from draftsmith.config import option
 from draftsmith.data import rowerrors
 from draftsmith.data.conversation import drop_leading_replies, find_problem, normalize_row
-from draftsmith.data.formats import (DEFAULT_LIMITS, Record, RowLimits, add_limit_arguments, file_format,
-                                     iter_records, limits_from_args)
+from draftsmith.data.formats import DEFAULT_LIMITS, Record, RowLimits, file_format, iter_records
 from draftsmith.errors import InputError
 
 EMPTY_FILE = "empty file"
@@ -70,18 +71,35 @@ class ValidationReport:
         return {"ok": self.ok, "rows": self.rows, "invalid": self.invalid, **asdict(self)}
 
 
+@dataclass
+class ValidateConfig:
+    """Every setting of validate-data (draftsmith/config.py: flags, defaults, config files)."""
+
+    files: list[Path] = option(default_factory=list, positional=True, metavar="FILE",
+                               help=".jsonl / .json / .parquet files of conversation or pre-formatted rows")
+    max_examples: int = option(5, help="positions listed per problem kind")
+    json: bool = option(False, help="print the report as JSON")
+    limits: RowLimits = field(default_factory=RowLimits)
+
+    def validate(self) -> None:
+        if not self.files:
+            raise InputError("give at least one FILE to check", field="files")
+        if self.max_examples < 0:
+            raise InputError("must be >= 0", field="--max-examples")
+
+
+CONFIG = ValidateConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                        help=".jsonl / .json / .parquet files of conversation or pre-formatted rows")
-    parser.add_argument("--max-examples", type=int, default=5,
-                        help="positions listed per problem kind (default 5)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_limit_arguments(parser)
+    config.add_arguments(parser, ValidateConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_files(args.files, max_examples=args.max_examples, limits=limits_from_args(args))
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    cfg = config.from_args(ValidateConfig, args)
+    cfg.validate()
+    report = validate_files(cfg.files, max_examples=cfg.max_examples, limits=cfg.limits)
+    print(json.dumps(report.to_dict(), indent=2) if cfg.json else format_report(report))
     return 0 if report.ok else 1
 
 
