@@ -14,6 +14,7 @@ node's fast links) and only the data-parallel traffic crosses nodes. The same ho
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,11 +76,17 @@ def check_tp_size(info: DistInfo, tp_size: int) -> None:
                               f"({info.world_size}): the world is cut into groups of {tp_size} consecutive ranks, "
                               "one model replica each")
     if tp_size > 1 and info.local_world_size % tp_size and info.local_world_size < info.world_size:
-        from draftsmith.logs import get_logger
+        _warn_groups_span_nodes(tp_size, info.local_world_size)
 
-        get_logger(__name__).warning(
-            "--tp-size %d does not divide the %d processes per node: some tensor-parallel groups span two nodes",
-            tp_size, info.local_world_size)
+
+@functools.lru_cache(maxsize=None)
+def _warn_groups_span_nodes(tp_size: int, per_node: int) -> None:
+    """Once per process and layout."""
+    from draftsmith.logs import get_logger
+
+    get_logger(__name__).warning(
+        "--tp-size %d does not divide the %d processes per node: some tensor-parallel groups span two nodes",
+        tp_size, per_node)
 
 
 def device_mesh(info: DistInfo, tp_size: int):
