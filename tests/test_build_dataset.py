@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,29 @@ def test_skips_are_counted_with_positions(tmp_path):
     skipped = [json.loads(x) for x in (result.path / "skipped.jsonl").read_text().splitlines()]
     assert [(s.get("id"), s["line"]) for s in skipped] == [(None, 2), ("pre", 3), ("noreply", 4), ("long", 5)]
     assert result.report["truncated"] == 0  # the cut row was skipped, not written
+
+
+def test_strict_stops_at_the_first_row_that_would_be_skipped(tmp_path, capsys):
+    """--strict: the first skipped row in input order ends the run (exit 2, nothing written), whether the
+    reader or the tokenizing worker finds it, and a cached build with skipped rows fails the same way."""
+    from draftsmith.errors import StrictRowError
+
+    long = {"id": "long", "conversations": [{"role": "user", "content": "word " * 400},
+                                            {"role": "assistant", "content": "ok"}]}
+    cases = [([{"id": "ok", "conversations": SINGLE}, long, "{not json"], f"line 2, id 'long': {NO_SUPERVISED}"),
+             ([{"id": "ok", "conversations": SINGLE}, "{not json", long], "line 2: invalid JSON"),
+             ([{"id": "ok", "conversations": SINGLE}, {"id": "ok2", "conversations": SINGLE}, "{not json"],
+              "line 3: invalid JSON")]
+    for i, (rows, first) in enumerate(cases):
+        data, out = write_jsonl(tmp_path / f"d{i}.jsonl", rows), tmp_path / f"out{i}"
+        with pytest.raises(StrictRowError, match=re.escape(first)):
+            build_dataset(_cfg(data, max_length=64, chat_template="qwen", output_dir=str(out), strict=True))
+        assert not out.exists()
+    argv = ["--data-path", str(data), "--target-model-path", str(tokenizer_path("smollm2")), "--max-length", "64",
+            "--output-dir", str(out)]
+    assert run_command("build-dataset", argv) == 0 and json.loads(capsys.readouterr().out)["skipped"] == 1
+    assert run_command("build-dataset", argv + ["--strict"]) == 2            # the cached build skipped a row
+    assert "--strict: " in capsys.readouterr().err
 
 
 def test_preformatted_rows(tmp_path):

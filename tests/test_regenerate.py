@@ -146,6 +146,18 @@ def test_a_crash_after_one_batch_resumes_to_the_same_file(target, tmp_path, monk
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
+def test_strict_stops_at_the_first_input_row_that_would_be_skipped(tmp_path):
+    from draftsmith.errors import StrictRowError
+
+    data = write_input(tmp_path / "in.jsonl")
+    skipped: list[dict] = []
+    items = rg.read_items(config(Path("m"), data, tmp_path / "o"), skipped)
+    first = skipped[0]
+    with pytest.raises(StrictRowError, match=f"line {first['line']}, id 'tool': tool calls are not regenerated"):
+        rg.read_items(config(Path("m"), data, tmp_path / "o", strict=True), [])
+    assert first["id"] == "tool" and len(items) + len(skipped) == len(data.read_text().splitlines())
+
+
 def test_torchrun_two_ranks_write_what_one_process_writes(target, tmp_path):
     data = write_input(tmp_path / "in.jsonl")
     rg.regenerate(config(target, data, tmp_path / "one"))
