@@ -1,6 +1,6 @@
 """The `build-dataset` stage: conversations JSONL -> tokenized dataset (id, input_ids, loss_mask).
 
-Rows are rendered with a chat template (templates.py), tokenized once with offsets and
+Rows are rendered with a chat template (data/templates/), tokenized once with offsets and
 masked (loss_mask.py), truncated to `max_length`, and written as a `datasets` folder.
 Rows that cannot be used are skipped with a stable reason (rowerrors.TABLE), counted in
 the report and listed with their position in `skipped.jsonl`; nothing is turned into an
