@@ -15,6 +15,11 @@ The output is cached under a key of everything that changes it (data file conten
 tokenizer files, template, max length and every flag; not `num_proc`, which never
 changes the output), so the training and hidden-state stages that call
 `build_dataset` with the same inputs reuse it instantly.
+
+Why one file over ~400 lines: its parts (config, cache key, per-process worker, reader,
+writer, `load_tokenized`) are the steps of one pipeline in the order they run, sharing
+`BuildConfig` and `_Chunk`; the rendering and masking it calls live in templates/ and
+loss_mask.py.
 """
 
 from __future__ import annotations

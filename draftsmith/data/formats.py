@@ -22,6 +22,10 @@ protect the machine from one hostile row, and are enforced before a row is decod
   `json.loads`, which would otherwise recurse once per level and raise RecursionError
   at about 1,000 levels. A parquet schema's depth is checked once per file.
 Invalid Unicode is rejected by `check_value` (policy in rowerrors.py).
+
+Why one file over ~400 lines: the three readers share `Record`, the limits and the Unicode
+check, and the streaming JSON-array scanner (about 170 lines) is one function by design (one
+buffer, one position).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ moved into place at the end: an interrupted run leaves no half-written output.
 No row stops the run: reading (limits, Unicode policy), normalization and encoding
 failures all become skipped rows (reasons: rowerrors.TABLE). With --strict the first
 skipped row ends the run instead (exit 2, `rowerrors.describe` of its entry, no output).
+
+Why one file over ~400 lines: the ordered multi-process normalization and the byte-range
+train/eval split exist only for this stage and share its per-row result tuples; the row
+policy is conversation.py's and the readers are formats.py's.
 """
 
 from __future__ import annotations
