@@ -85,8 +85,8 @@ def stage_overhead(model_dir: Path, data_dir: Path, work: Path, max_length: int,
     chosen = policy.choose_dtype("auto", "cpu")
     runs = []
     for repeat in range(repeats):
-        cfg = HiddenStatesConfig(model_path=str(model_dir), data_path=str(data_dir),
-                                 output_path=str(work / f"overhead{repeat}"), max_length=max_length,
+        cfg = HiddenStatesConfig(target_model_path=str(model_dir), data_path=str(data_dir),
+                                 output_dir=str(work / f"overhead{repeat}"), max_length=max_length,
                                  batch_size=4, dtype="auto", device="cpu", progress=False)
         bare_cfg = HiddenStatesConfig(**{**cfg.__dict__, "dtype": chosen.name})
         load_before = load1()
@@ -98,7 +98,7 @@ def stage_overhead(model_dir: Path, data_dir: Path, work: Path, max_length: int,
                      "stage_loop_s": round(summary["loop_s"], 2),
                      "stage_tokens_per_s": round(summary["tokens_per_s"], 1),
                      "bare_tokens_per_s": round(tokens / bare, 1), "overhead_ratio": round(summary["loop_s"] / bare, 3),
-                     "store_dtype": FeatureStore.open(cfg.output_path).manifest["settings"]["dtype"],
+                     "store_dtype": FeatureStore.open(cfg.output_dir).manifest["settings"]["dtype"],
                      "load1_before": load_before, "load1_after": load1()})
     return {"auto_dtype": chosen.name, "auto_reason": chosen.reason, "samples": summary["samples"],
             "max_length": max_length, "overhead_ratio_median": statistics.median(r["overhead_ratio"] for r in runs),
@@ -115,8 +115,8 @@ def store_equality(model_dir: Path, data_dir: Path, work: Path, max_length: int)
     for dtype in ("float32", "bfloat16"):
         for codec in ("int4", "bf16"):
             out = work / f"store-{dtype}-{codec}"
-            run_hidden_states(HiddenStatesConfig(model_path=str(model_dir), data_path=str(data_dir),
-                                                 output_path=str(out), max_length=max_length, batch_size=4,
+            run_hidden_states(HiddenStatesConfig(target_model_path=str(model_dir), data_path=str(data_dir),
+                                                 output_dir=str(out), max_length=max_length, batch_size=4,
                                                  dtype=dtype, codec=codec, device="cpu", progress=False))
             stores[dtype, codec] = FeatureStore.open(out)
 

@@ -2,7 +2,7 @@
 
     python bench/demo.py [--name demo] [DEMO FLAGS...]      e.g.  python bench/demo.py --quick
 
-Runs the demo (resuming a run folder that is already there: pass --restart for fresh
+Runs the demo (resuming a run folder that is already there: pass --overwrite for fresh
 stage times), then writes bench/results/<name>.json: the demo's summary (τ,
 per-position acceptance, speedup, feature bytes, per-stage seconds), its settings, the
 command, the date, CPU count and the load average before and after (the machine is
@@ -36,8 +36,8 @@ def main() -> int:
     rc = run_command("demo", demo_argv)
     if rc != 0:
         return rc
-    demo_args = build_parser("demo")[0].parse_args(demo_argv)
-    run_dir = Path(demo_args.output) if demo_args.output else demo.default_run_dir(demo_args.quick)
+    cfg = demo.config_from_args(build_parser("demo")[0].parse_args(demo_argv))
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else demo.default_run_dir(cfg.quick)
     report = json.loads((run_dir / "report" / "demo_report.json").read_text(encoding="utf-8"))
     result = {
         "command": "python bench/demo.py " + " ".join(sys.argv[1:]),

@@ -2,7 +2,7 @@
 
     python bench/eval.py --checkpoint TRAINED_DIR            # exports (validates) it first
     python bench/eval.py --draft-model-path EXPORTED_DIR
-        [--mtbench 20 --gsm8k 50 --humaneval 50 --num-steps 5 7 --max-new-tokens 128 --topk 1]
+        [--mtbench 20 --gsm8k 50 --humaneval 50 --draft-depth 5 7 --max-new-tokens 128 --topk 1]
 
 Each turn is decoded plainly once and speculatively for every K (interleaved, same process),
 so the speedup is a ratio measured under the same machine load. Writes
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mtbench", type=int, default=20, help="first N MT-bench questions (both turns); 0 skips")
     p.add_argument("--gsm8k", type=int, default=50)
     p.add_argument("--humaneval", type=int, default=50)
-    p.add_argument("--num-steps", type=int, nargs="+", default=[5, 7])
+    p.add_argument("--draft-depth", "--num-steps", dest="draft_depth", type=int, nargs="+", default=[5, 7],
+                   help="draft tokens per verify step, K (--num-steps: the old spelling)")
     p.add_argument("--topk", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--metrics", type=Path, default=None, help="the draft's training metrics.jsonl, plotted too")
@@ -48,19 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     draft_dir = args.draft_model_path
     if args.checkpoint is not None:
         draft_dir = Path(tempfile.mkdtemp(prefix="draftsmith-bench-draft-"))
-        export_checkpoint(ExportConfig(checkpoint=args.checkpoint, output=draft_dir, target_model_path=target))
+        export_checkpoint(ExportConfig(checkpoint=args.checkpoint, output_dir=draft_dir, target_model_path=target))
     benchmarks = [(name, n) for name, n in (("mtbench", args.mtbench), ("gsm8k", args.gsm8k),
                                              ("humaneval", args.humaneval)) if n > 0]
     cfg = EvalConfig(target_model_path=target, draft_model_path=draft_dir, benchmarks=[],
-                     num_steps=args.num_steps, topk=args.topk, max_new_tokens=args.max_new_tokens)
+                     draft_depth=args.draft_depth, topk=args.topk, max_new_tokens=args.max_new_tokens)
     tokenizer, model, draft = load_models(cfg)
     start = time.perf_counter()
     summaries = []
     for name, limit in benchmarks:
-        cfg.benchmarks, cfg.limit = [name], limit
+        cfg.benchmarks, cfg.num_questions = [name], limit
         summaries += evaluate(cfg, tokenizer, model, draft, log=lambda m: print(m, flush=True))["benchmarks"]
     record = config_record(cfg)
-    record.pop("limit")
+    record.pop("num_questions")
     record.update(benchmarks=[n for n, _ in benchmarks], limits=dict(benchmarks),
                   checkpoint=str(args.checkpoint) if args.checkpoint else None,
                   metrics=str(args.metrics) if args.metrics else None,

@@ -35,8 +35,8 @@ import torch
 from draftsmith import resources
 from draftsmith.dist import pick_device
 from draftsmith.features.codecs import CODECS, DEFAULT_CODEC
-from draftsmith.features.generate import (HiddenStatesConfig, bytes_per_token, make_plan, plan_batches,
-                                          row_lengths, run_hidden_states, load_tokenized)
+from draftsmith.features.generate import HiddenStatesConfig, load_tokenized, run_hidden_states
+from draftsmith.features.plan import bytes_per_token, make_plan, plan_batches, row_lengths
 from draftsmith.fsutil import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hidden_states.json"
@@ -138,8 +138,8 @@ def main() -> None:
         data_dir = tokenized_sharegpt(args.num_samples, args.max_length, model_dir, work)
         runs = []
         for repeat in range(args.repeats):
-            cfg = HiddenStatesConfig(model_path=str(model_dir), data_path=str(data_dir),
-                                     output_path=str(work / f"store{repeat}"), max_length=args.max_length,
+            cfg = HiddenStatesConfig(target_model_path=str(model_dir), data_path=str(data_dir),
+                                     output_dir=str(work / f"store{repeat}"), max_length=args.max_length,
                                      batch_size=args.batch_size, dtype=args.dtype, codec=args.codec, progress=False)
             bare_before, tokens, cpu_before = bare_forwards(model_dir, data_dir, cfg)
             cpu_start = time.process_time()
@@ -161,7 +161,7 @@ def main() -> None:
             print(json.dumps(run), file=sys.stderr)
             runs.append(run)
         ds_tokens = summary["tokens"]
-        _, tok_dir = load_tokenized(HiddenStatesConfig(model_path="", data_path=str(data_dir)))
+        _, tok_dir = load_tokenized(HiddenStatesConfig(target_model_path="", data_path=str(data_dir)))
         from datasets import load_from_disk
 
         masks = load_from_disk(str(tok_dir))["loss_mask"]

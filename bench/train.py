@@ -382,7 +382,8 @@ def quality(args) -> dict:
     from draftsmith import resources
     from draftsmith.data.build import BuildConfig, build_dataset
     from draftsmith.data.formats import iter_records
-    from draftsmith.features.generate import HiddenStatesConfig, bytes_per_token, run_hidden_states
+    from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
+    from draftsmith.features.plan import bytes_per_token
     from draftsmith.train.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
@@ -419,8 +420,8 @@ def quality(args) -> dict:
     t0 = time.perf_counter()
     for split in ("train", "eval"):
         stores[split] = work / f"store_bf16_{split}"
-        run_hidden_states(HiddenStatesConfig(model_path=model, data_path=str(built[split]),
-                                             output_path=str(stores[split]), max_length=args.max_length,
+        run_hidden_states(HiddenStatesConfig(target_model_path=model, data_path=str(built[split]),
+                                             output_dir=str(stores[split]), max_length=args.max_length,
                                              dtype=args.dtype, codec="bf16", batch_size=4, device="cpu",
                                              shard_mb=8.0, progress=False))
     out["features_s"] = time.perf_counter() - t0

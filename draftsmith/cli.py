@@ -47,7 +47,9 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "print_config", False):
-            print(config.to_yaml(config.from_args(module.CONFIG, args)), end="")
+            # a stage with a profile or resolved values (the demo's --quick) builds its config itself
+            build = getattr(module, "config_from_args", None) or (lambda a: config.from_args(module.CONFIG, a))
+            print(config.to_yaml(build(args)), end="")
             return 0
         return int(module.run(args) or 0)
     except DraftsmithError as e:

@@ -33,6 +33,10 @@ Every problem names the engines it breaks (`Problem.engines`): a full-vocabulary
 ships `d2t` loads in SGLang (identity) but vLLM refuses it, so `inspect` reports per engine and
 `export` writes only folders both load. The engine rules are pinned, with file:line, in
 tests/test_engine_conventions.py (SGLang 0.5.23, vLLM 0.33.0).
+
+Why one file of ~520 lines: the checks and the writer are one contract (every folder written
+here passes the same checks `inspect` and `eval` run), and a reader follows each engine rule
+from the check to the tensor it guards without changing files.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ from typing import Any, Mapping
 
 import torch
 
+from draftsmith import config as typed_config
+from draftsmith.config import option
 from draftsmith.draft import engine_keys, rope
 from draftsmith.draft.config import inert_keys
-from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.errors import InputError
 from draftsmith.fsutil import atomic_path, read_json_object, write_json_atomic
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -397,12 +403,26 @@ def check_folder(folder: str | Path, target_config: Any = None) -> CheckReport:
 
 @dataclass
 class ExportConfig:
-    checkpoint: Path
-    output: Path
-    target_model_path: Path | None = None   # checks against the target; source of embeddings
-    dtype: str | None = None                # None: the target's dtype (bf16 if it says none); else cast to this
-    include_embeddings: bool = False        # ship the target's embed_tokens (vLLM/SGLang share them by default)
-    trust_remote_code: bool = False
+    """The `export` stage's settings (draftsmith/config.py: its flags, defaults and config-file keys)."""
+
+    checkpoint: Path = option(positional=True, help="draftsmith checkpoint folder (config.json + model.safetensors)")
+    output_dir: Path = option(deprecated=("--output",), help="folder to write the served draft to")
+    target_model_path: Path | None = option(None, help="target HF folder: checks vocab/hidden/rope/layer ids "
+                                                       "against it, copies its rope, and is the source of embeddings")
+    dtype: str | None = option(None, choices=tuple(sorted(DTYPE_NAMES)),
+                               help="dtype of the served weights (default: the target's dtype, from "
+                                    "--target-model-path or recorded at training; bfloat16 when the target "
+                                    "declares none)")
+    include_embeddings: bool = option(False, help="also write the target's embed_tokens.weight (engines share "
+                                                  "the target's by default)")
+    trust_remote_code: bool = option(False, help="allow custom code in the target config")
+
+    def validate(self) -> None:
+        if Path(self.output_dir).resolve() == Path(self.checkpoint).resolve():
+            raise InputError("must differ from the checkpoint folder", field="--output-dir")
+
+
+CONFIG = ExportConfig
 
 
 def export_checkpoint(cfg: ExportConfig) -> CheckReport:
@@ -446,13 +466,13 @@ def export_checkpoint(cfg: ExportConfig) -> CheckReport:
     target = target_summary(target_config) if target_config is not None else None
     errors, warnings = check_config(out_config, target)
     t_errors, t_warnings, summary = check_tensors(out_config, tensors)
-    report = CheckReport(path=Path(cfg.output), config=out_config,
+    report = CheckReport(path=Path(cfg.output_dir), config=out_config,
                          tensors={k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in tensors.items()},
                          errors=errors + t_errors, warnings=warnings + t_warnings, d2t_summary=summary)
     if report.errors:
         report.path = Path(cfg.checkpoint)
         report.raise_if_invalid()
-    _write_folder(Path(cfg.output), out_config, tensors)
+    _write_folder(Path(cfg.output_dir), out_config, tensors)
     return report
 
 
@@ -474,30 +494,18 @@ def _write_folder(output: Path, config: dict[str, Any], tensors: dict[str, torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="draftsmith checkpoint folder (config.json + model.safetensors)")
-    parser.add_argument("--output", type=Path, required=True, help="folder to write the served draft to")
-    parser.add_argument("--target-model-path", type=Path, default=None,
-                        help="target HF folder: checks vocab/hidden/rope/layer ids against it and copies its rope")
-    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default=None,
-                        help="dtype of the served weights (default: the target's dtype, from --target-model-path "
-                             "or recorded at training; bfloat16 when the target declares none)")
-    parser.add_argument("--include-embeddings", action="store_true",
-                        help="also write the target's embed_tokens.weight (engines share the target's by default)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom code in the target config")
+    typed_config.add_arguments(parser, ExportConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.output.resolve() == args.checkpoint.resolve():
-        raise DraftsmithError("--output must differ from the checkpoint folder")
-    report = export_checkpoint(ExportConfig(checkpoint=args.checkpoint, output=args.output,
-                                            target_model_path=args.target_model_path, dtype=args.dtype,
-                                            include_embeddings=args.include_embeddings,
-                                            trust_remote_code=args.trust_remote_code))
+    cfg = typed_config.from_args(ExportConfig, args)
+    cfg.validate()
+    report = export_checkpoint(cfg)
     for w in report.warnings:
         print(f"warning: {w}")
-    cfg = report.config
-    print(f"exported {args.checkpoint} -> {args.output}: {len(report.tensors)} tensors, "
-          f"draft vocab {cfg['draft_vocab_size']} of {cfg['vocab_size']}, dtype {cfg['torch_dtype']}, "
-          f"aux layers vLLM {cfg['eagle_aux_hidden_state_layer_ids']} / "
-          f"SGLang {cfg['eagle_config']['eagle_aux_hidden_state_layer_ids']}")
+    served = report.config
+    print(f"exported {cfg.checkpoint} -> {cfg.output_dir}: {len(report.tensors)} tensors, "
+          f"draft vocab {served['draft_vocab_size']} of {served['vocab_size']}, dtype {served['torch_dtype']}, "
+          f"aux layers vLLM {served['eagle_aux_hidden_state_layer_ids']} / "
+          f"SGLang {served['eagle_config']['eagle_aux_hidden_state_layer_ids']}")
     return 0

@@ -4,15 +4,19 @@ Prints the config facts the engines act on (architecture, vocab sizes, rope, the
 layer ids in each engine's convention), the tensors, the d2t coverage, every problem
 `draftsmith.export` finds, and per engine (SGLang, vLLM) whether it loads the folder and
 serves the draft as trained, or what stops it. Exit status 0 when every engine asked for
-(`--engine`, default both) will, 1 when not. What exit 0 cannot know: docs/serving.md.
+(`--engine sglang vllm`, default both) will, 1 when not. What exit 0 cannot know: docs/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from draftsmith import config
+from draftsmith.config import option
 from draftsmith.export import ENGINE_NAMES, ENGINES, CheckReport, check_folder, expected_tensors, load_target_config
 
 
@@ -70,20 +74,31 @@ def format_report(report: CheckReport) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class InspectConfig:
+    """The `inspect` stage's settings (draftsmith/config.py)."""
+
+    checkpoint: Path = option(positional=True, help="draft folder (config.json + model.safetensors)")
+    target_model_path: Path | None = option(None, help="also check vocab, hidden size, rope and layer ids "
+                                                       "against this target")
+    engine: list[Literal["sglang", "vllm"]] | None = option(
+        None, metavar="ENGINE", help="exit 0 when these engines will serve the folder (sglang, vllm; default: both)")
+    json: bool = option(False, help="print the report as JSON")
+    trust_remote_code: bool = option(False, help="allow custom code in the target config")
+
+
+CONFIG = InspectConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="draft folder (config.json + model.safetensors)")
-    parser.add_argument("--target-model-path", type=Path, default=None,
-                        help="also check vocab, hidden size, rope and layer ids against this target")
-    parser.add_argument("--engine", choices=ENGINES, action="append", default=None,
-                        help="exit 0 when this engine will serve the folder (repeatable; default: both)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom code in the target config")
+    config.add_arguments(parser, InspectConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    target = load_target_config(args.target_model_path, args.trust_remote_code) if args.target_model_path else None
-    report = check_folder(args.checkpoint, target)
-    if args.json:
+    cfg = config.from_args(InspectConfig, args)
+    target = load_target_config(cfg.target_model_path, cfg.trust_remote_code) if cfg.target_model_path else None
+    report = check_folder(cfg.checkpoint, target)
+    if cfg.json:
         print(json.dumps({"path": str(report.path), "ok": report.ok, "errors": report.errors,
                           "engines": {e: {"serves": not p, "problems": p} for e, p in report.engines.items()},
                           "warnings": report.warnings, "d2t": report.d2t_summary,
@@ -91,5 +106,5 @@ def run(args: argparse.Namespace) -> int:
                           "config": report.config}, indent=2))
     else:
         print(format_report(report))
-    wanted = args.engine or list(ENGINES)
+    wanted = cfg.engine or list(ENGINES)
     return 0 if not any(report.engines[e] for e in wanted) else 1

@@ -41,10 +41,10 @@ class Recorder:
         return demo.Stage(name, f"fake {name}", settings, outputs, run)
 
     def pipeline(self) -> tuple[demo.Stage, ...]:
-        return (self.stage("a", ("num_conversations",), ("a_out",)),
+        return (self.stage("a", ("num_samples",), ("a_out",)),
                 self.stage("b", ("max_length",), ("b_out",)),
-                self.stage("c", ("epochs",), ("c_out",)),
-                self.stage("d", ("eval_questions",), ("d_out",)))
+                self.stage("c", ("num_epochs",), ("c_out",)),
+                self.stage("d", ("num_questions",), ("d_out",)))
 
 
 def names(calls):
@@ -92,7 +92,7 @@ def test_changed_setting_redoes_that_stage_and_everything_after(tmp_path):
     stages = rec.pipeline()
     demo.run_stages(demo.QUICK, tmp_path, stages)
     rec.calls.clear()
-    demo.run_stages(replace(demo.QUICK, epochs=demo.QUICK.epochs + 1), tmp_path, stages)
+    demo.run_stages(replace(demo.QUICK, num_epochs=demo.QUICK.num_epochs + 1), tmp_path, stages)
     assert rec.calls == [("c", False), ("d", False)]
     assert (tmp_path / "c_out" / "part.txt").read_text() == "x"  # stale output removed, not appended to
     assert (tmp_path / "a_out" / "part.txt").read_text() == "x"
@@ -135,7 +135,7 @@ def test_device_is_not_part_of_the_keys():
     assert demo.stage_keys(demo.DEFAULT, demo.STAGES) == demo.stage_keys(replace(demo.DEFAULT, device="cuda"),
                                                                          demo.STAGES)
     keys, changed = (demo.stage_keys(demo.DEFAULT, demo.STAGES),
-                     demo.stage_keys(replace(demo.DEFAULT, num_steps=7), demo.STAGES))
+                     demo.stage_keys(replace(demo.DEFAULT, draft_depth=7), demo.STAGES))
     assert [n for n in keys if keys[n] != changed[n]] == ["eval"]
 
 
@@ -152,8 +152,8 @@ def _parse(argv):
 
 
 def test_flags_override_the_profile():
-    cfg = demo.config_from_args(_parse(["--quick", "--epochs", "4", "--device", "cpu"]))
-    assert cfg == replace(demo.QUICK, epochs=4, device="cpu")
+    cfg = demo.config_from_args(_parse(["--quick", "--num-epochs", "4", "--device", "cpu"]))
+    assert cfg == replace(demo.QUICK, num_epochs=4, device="cpu")
     assert demo.config_from_args(_parse([])) == replace(demo.DEFAULT, device=demo.resolve_device("auto"))
     with pytest.raises(DraftsmithError, match="--max-length must be at least 1"):
         demo.config_from_args(_parse(["--max-length", "0"]))
@@ -164,8 +164,8 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
     from draftsmith.cli import run_command
 
     run_dir = tmp_path / "run"
-    argv = ["--quick", "--target-model-path", str(tiny_llama_dir), "--output", str(run_dir),
-            "--num-conversations", "12", "--eval-questions", "1", "--max-new-tokens", "16",
+    argv = ["--quick", "--target-model-path", str(tiny_llama_dir), "--output-dir", str(run_dir),
+            "--num-samples", "12", "--num-questions", "1", "--max-new-tokens", "16",
             "--device", "cpu"]
     assert run_command("demo", argv) == 0
     out = capsys.readouterr().out

@@ -86,8 +86,8 @@ def test_hidden_states_stage_runs_the_target_in_the_chosen_dtype(tiny_llama_dir,
                                                                  native, want):
     cpu_bf16(native)
     data = make_tokenized(tmp_path / "data", 3, max_len=20)
-    run_hidden_states(HiddenStatesConfig(model_path=str(tiny_llama_dir), data_path=str(data),
-                                         output_path=str(tmp_path / "store"), codec="bf16", device="cpu",
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(tiny_llama_dir), data_path=str(data),
+                                         output_dir=str(tmp_path / "store"), codec="bf16", device="cpu",
                                          progress=False))
     assert FeatureStore.open(tmp_path / "store").manifest["settings"]["dtype"] == f"torch.{want}"
     err = capsys.readouterr().err
@@ -123,7 +123,7 @@ def test_eval_loads_float32_under_auto_even_on_a_native_bf16_cpu(tiny_llama_dir,
 
 def test_demo_passes_its_dtype_to_every_stage_that_runs_a_model(monkeypatch, tmp_path):
     calls: dict[str, list[str]] = {}
-    monkeypatch.setattr(demo, "call_stage", lambda name, argv: calls.setdefault(name, argv))
+    monkeypatch.setattr(demo.pipeline, "call_stage", lambda name, argv: calls.setdefault(name, argv))
     cfg = demo.config_from_args(demo_args(["--dtype", "float32", "--regenerate", "--device", "cpu"]))
     ctx = demo.StageContext(cfg, tmp_path, {"model": {"model_path": "m"}, "prepare-data": {"train_jsonl": "x"},
                                             "build-dataset": {"dataset": "d"}, "hidden-states": {"features": "f"},

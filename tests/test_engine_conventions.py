@@ -228,7 +228,7 @@ def served(request, tiny_llama_dir, tmp_path_factory) -> dict:
     (target / "config.json").write_text(json.dumps(config))
     make = make_checkpoint if request.param == "reduced-vocab" else make_full_vocab_checkpoint
     ckpt = make(tiny_llama_dir, root / "ckpt")
-    export_checkpoint(ExportConfig(checkpoint=ckpt, output=root / "served", target_model_path=target))
+    export_checkpoint(ExportConfig(checkpoint=ckpt, output_dir=root / "served", target_model_path=target))
     return {"dir": root / "served", "config": json.loads((root / "served" / "config.json").read_text()),
             "tensors": load_file(str(root / "served" / "model.safetensors")), "target": config,
             "full_vocab": request.param == "full-vocab"}

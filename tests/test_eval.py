@@ -148,7 +148,7 @@ def test_qwen2_target_is_lossless(tiny_qwen2_dir, tmp_path, topk):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     folder = tmp_path / "served"
-    export_checkpoint(ExportConfig(checkpoint=make_checkpoint(tiny_qwen2_dir, tmp_path / "ckpt"), output=folder,
+    export_checkpoint(ExportConfig(checkpoint=make_checkpoint(tiny_qwen2_dir, tmp_path / "ckpt"), output_dir=folder,
                                    target_model_path=tiny_qwen2_dir))
     draft = Eagle3Draft.from_pretrained(folder, embed_weight=model.get_input_embeddings().weight).eval()
     assert draft.config.rope_theta == 1000000.0
@@ -235,7 +235,7 @@ def test_benchmark_loaders(tmp_path):
 def served_draft(tiny_llama_dir, tmp_path_factory) -> Path:
     ckpt = make_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("ckpt"))
     out = tmp_path_factory.mktemp("served")
-    export_checkpoint(ExportConfig(checkpoint=ckpt, output=out, target_model_path=tiny_llama_dir))
+    export_checkpoint(ExportConfig(checkpoint=ckpt, output_dir=out, target_model_path=tiny_llama_dir))
     return out
 
 
@@ -247,8 +247,8 @@ def test_eval_cli_end_to_end(tiny_llama_dir, served_draft, tmp_path, capsys):
     metrics.write_text("\n".join(json.dumps({"step": s, "loss": 5.0 / s, "acc_0": s / 10}) for s in range(1, 6)))
     out = tmp_path / "report.json"
     code = cli.run_command("eval", ["--target-model-path", str(tiny_llama_dir), "--draft-model-path",
-                                    str(served_draft), "--benchmark", str(prompts), "--num-steps", "0", "3",
-                                    "--topk", "2", "--max-new-tokens", "6", "--output", str(out),
+                                    str(served_draft), "--benchmark", str(prompts), "--draft-depth", "0", "3",
+                                    "--topk", "2", "--max-new-tokens", "6", "--output-file", str(out),
                                     "--metrics", str(metrics)])
     assert code == 0
     report = json.loads(out.read_text())
@@ -277,8 +277,8 @@ def test_eval_cli_fails_on_a_lossless_mismatch(tiny_llama_dir, served_draft, tmp
     monkeypatch.setattr(eval_cli, "greedy_generate", wrong_reference)
     out = tmp_path / "report.json"
     code = cli.run_command("eval", ["--target-model-path", str(tiny_llama_dir), "--draft-model-path",
-                                    str(served_draft), "--benchmark", "mtbench", "--limit", "1", "--num-steps", "2",
-                                    "--max-new-tokens", "4", "--output", str(out)])
+                                    str(served_draft), "--benchmark", "mtbench", "--num-questions", "1", "--draft-depth", "2",
+                                    "--max-new-tokens", "4", "--output-file", str(out)])
     assert code == 1
     report = json.loads(out.read_text())
     assert report["lossless"] is False and report["benchmarks"][0]["turns"] == 2   # both MT-bench turns
@@ -294,7 +294,7 @@ def test_eval_refuses_an_invalid_draft(tiny_llama_dir, served_draft, tmp_path, c
     cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = cfg["eagle_aux_hidden_state_layer_ids"]
     (bad / "config.json").write_text(json.dumps(cfg))
     code = cli.run_command("eval", ["--target-model-path", str(tiny_llama_dir), "--draft-model-path", str(bad),
-                                    "--benchmark", "gsm8k", "--limit", "1", "--output", str(tmp_path / "r.json")])
+                                    "--benchmark", "gsm8k", "--num-questions", "1", "--output-file", str(tmp_path / "r.json")])
     assert code == 2 and "SGLang ids" in capsys.readouterr().err
 
 
@@ -327,7 +327,7 @@ def test_sglang_client_reads_acceptance_from_meta_info(tiny_llama_dir, tmp_path)
         out = tmp_path / "served.json"
         code = cli.run_command("eval", ["--backend", "sglang", "--server-url", f"http://127.0.0.1:{server.server_port}",
                                         "--target-model-path", str(tiny_llama_dir), "--benchmark", "mtbench",
-                                        "--limit", "1", "--max-new-tokens", "16", "--output", str(out)])
+                                        "--num-questions", "1", "--max-new-tokens", "16", "--output-file", str(out)])
     finally:
         server.shutdown()
     assert code == 0

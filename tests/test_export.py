@@ -26,7 +26,7 @@ def checkpoint(tiny_llama_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(checkpoint, tiny_llama_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("served")
-    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir))
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output_dir=out, target_model_path=tiny_llama_dir))
     return out
 
 
@@ -59,7 +59,7 @@ def test_export_round_trip(checkpoint, exported, tiny_llama_dir):
 
 def test_export_cli_casts_and_inspect_says_it_loads(checkpoint, tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "bf16"
-    assert cli.run_command("export", [str(checkpoint), "--output", str(out), "--dtype", "bfloat16",
+    assert cli.run_command("export", [str(checkpoint), "--output-dir", str(out), "--dtype", "bfloat16",
                                       "--target-model-path", str(tiny_llama_dir)]) == 0
     weights = load_file(str(out / "model.safetensors"))
     assert weights["fc.weight"].dtype == torch.bfloat16 and weights["d2t"].dtype == torch.int64
@@ -76,7 +76,7 @@ def test_export_includes_target_embeddings_on_request(checkpoint, tiny_llama_dir
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "with_embed"
-    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir,
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output_dir=out, target_model_path=tiny_llama_dir,
                                    include_embeddings=True))
     embed = load_file(str(out / "model.safetensors"))["embed_tokens.weight"]
     target = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
@@ -185,7 +185,7 @@ def test_export_refuses_a_corrupt_checkpoint(checkpoint, tiny_llama_dir, tmp_pat
     shutil.copytree(checkpoint, folder)
     _corrupt_weights(lambda t: t.pop("midlayer.mlp.up_proj.weight"))(folder)
     out = tmp_path / "out"
-    assert cli.run_command("export", [str(folder), "--output", str(out),
+    assert cli.run_command("export", [str(folder), "--output-dir", str(out),
                                       "--target-model-path", str(tiny_llama_dir)]) == 2
     assert not (out / "model.safetensors").exists()
 
@@ -225,7 +225,7 @@ def test_full_vocab_export_writes_no_vocab_mapping(full_vocab_checkpoint, tiny_l
     (:428-430), so its loader refuses the folder; SGLang 0.5.23 uses the identity when no d2t
     comes (hot_token_id None: srt/speculative/eagle_worker_v2.py:757)."""
     out = tmp_path / "served"
-    report = export_checkpoint(ExportConfig(checkpoint=full_vocab_checkpoint, output=out,
+    report = export_checkpoint(ExportConfig(checkpoint=full_vocab_checkpoint, output_dir=out,
                                             target_model_path=tiny_llama_dir))
     assert report.ok and report.engines == {"sglang": [], "vllm": []}
     written = load_file(str(out / "model.safetensors"))
@@ -277,7 +277,7 @@ def test_export_dtype_defaults_to_the_targets(declared, expected, checkpoint, ti
     declare the target's dtype, and the declaration must be what the tensors are."""
     target = _target_saying(tiny_llama_dir, tmp_path / "target", declared)
     out = tmp_path / "served"
-    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=target))
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output_dir=out, target_model_path=target))
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == config["torch_dtype"] == expected
     weights = load_file(str(out / "model.safetensors"))
@@ -293,7 +293,7 @@ def test_export_without_a_target_uses_the_dtype_recorded_at_training(tiny_llama_
     assert cfg.target_dtype == "float16"
     ckpt = Eagle3Draft(cfg).save_pretrained(tmp_path / "ckpt")   # fp32 master weights, declared as such
     assert json.loads((ckpt / "config.json").read_text())["dtype"] == "float32"
-    export_checkpoint(ExportConfig(checkpoint=ckpt, output=tmp_path / "served"))
+    export_checkpoint(ExportConfig(checkpoint=ckpt, output_dir=tmp_path / "served"))
     assert json.loads((tmp_path / "served" / "config.json").read_text())["dtype"] == "float16"
     assert load_file(str(tmp_path / "served" / "model.safetensors"))["fc.weight"].dtype == torch.float16
 
@@ -345,7 +345,7 @@ def test_keys_the_engines_act_on_are_refused_everywhere(key, exported, tiny_llam
     with pytest.raises(InputError, match=key):                                          # eval's draft loader
         Eagle3Draft.from_pretrained(folder)
     with pytest.raises(InputError, match=key):                                          # export
-        export_checkpoint(ExportConfig(checkpoint=folder, output=tmp_path / "out"))
+        export_checkpoint(ExportConfig(checkpoint=folder, output_dir=tmp_path / "out"))
 
 
 def test_eagle_config_keys_the_engines_act_on_are_refused(exported, tmp_path):
@@ -375,7 +375,7 @@ def test_inert_unknown_keys_are_dropped_with_a_warning(exported, tmp_path, caplo
         Eagle3Draft.from_pretrained(folder)
     assert "some_tool_note" in caplog.text
     out = tmp_path / "out"
-    export_checkpoint(ExportConfig(checkpoint=folder, output=out))
+    export_checkpoint(ExportConfig(checkpoint=folder, output_dir=out))
     written = json.loads((out / "config.json").read_text())
     assert "some_tool_note" not in written and "pretraining_tp" not in written
     assert "use_last_layernorm" not in written["eagle_config"]
@@ -394,7 +394,7 @@ def test_aux_layer_zero_is_the_embedding_output_both_engines_capture(tiny_llama_
                                           aux_layer_ids=[0, 2, 5])
     ckpt = Eagle3Draft(cfg).save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "served"
-    report = export_checkpoint(ExportConfig(checkpoint=ckpt, output=out, target_model_path=tiny_llama_dir))
+    report = export_checkpoint(ExportConfig(checkpoint=ckpt, output_dir=out, target_model_path=tiny_llama_dir))
     assert report.ok, report.errors
     config = json.loads((out / "config.json").read_text())
     assert config["eagle_aux_hidden_state_layer_ids"] == [0, 2, 5]
@@ -413,6 +413,6 @@ def test_inspect_warns_vllm_pipeline_parallel_needs_the_draft_embeddings(checkpo
     bare = check_folder(checkpoint)
     assert any("--include-embeddings" in w and "pipeline" in w for w in bare.warnings)
     out = tmp_path / "with_embed"
-    export_checkpoint(ExportConfig(checkpoint=checkpoint, output=out, target_model_path=tiny_llama_dir,
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, output_dir=out, target_model_path=tiny_llama_dir,
                                    include_embeddings=True))
     assert not any("--include-embeddings" in w for w in check_folder(out).warnings)

@@ -117,7 +117,7 @@ def family_run(request, tmp_path_factory):
                                         max_length=96, output=str(root / "dataset"))).path
     store = root / "features"
     # bf16 target + bf16 codec: the store holds exactly what the online target computes
-    run_hidden_states(HiddenStatesConfig(model_path=str(target), data_path=str(dataset), output_path=str(store),
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(dataset), output_dir=str(store),
                                          dtype="bfloat16", codec="bf16", draft_vocab_size=DRAFT_VOCAB, batch_size=1,
                                          device="cpu", progress=False))
     common = dict(target_model_path=str(target), train_data_path=str(dataset), draft_vocab_size=DRAFT_VOCAB,
@@ -127,7 +127,7 @@ def family_run(request, tmp_path_factory):
     offline = train(TrainConfig(mode="offline", train_hidden_states_path=str(store), output_dir=str(root / "offline"),
                                 **common))
     served = root / "served"
-    report = export_checkpoint(ExportConfig(checkpoint=root / "online" / "final", output=served,
+    report = export_checkpoint(ExportConfig(checkpoint=root / "online" / "final", output_dir=served,
                                             target_model_path=target))
     return dict(family=family, target=target, dataset=dataset, store=store, online=online, offline=offline,
                 served=served, export_report=report, root=root)

@@ -12,7 +12,8 @@ import torch
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.features import FeatureStore
 from draftsmith.features.codecs import CODECS, DEFAULT_CODEC, bits_per_value
-from draftsmith.features.generate import HiddenStatesConfig, bytes_per_token, run_hidden_states
+from draftsmith.features.generate import HiddenStatesConfig, run_hidden_states
+from draftsmith.features.plan import bytes_per_token
 from draftsmith.target.hf import load_target
 
 from _hidden_states_helpers import make_tokenized, one_torch_thread  # noqa: F401 (autouse fixture)
@@ -62,7 +63,7 @@ def test_default_codec_meets_the_size_target(hidden):
 
 
 def _run(model_dir, data_dir, out, draft_to_target=None, **kw):
-    cfg = HiddenStatesConfig(model_path=str(model_dir), data_path=str(data_dir), output_path=str(out),
+    cfg = HiddenStatesConfig(target_model_path=str(model_dir), data_path=str(data_dir), output_dir=str(out),
                              progress=False, **kw)
     return run_hidden_states(cfg, draft_to_target=draft_to_target)
 
@@ -185,15 +186,13 @@ def test_corrupted_and_truncated_shards_are_named(tiny_llama_dir, tokenized, tmp
 
 
 def test_lock_settings_and_disk_checks(tiny_llama_dir, tokenized, tmp_path, monkeypatch):
-    from draftsmith.features import generate
+    from draftsmith.features.writer import lock_output
 
     out = tmp_path / "s"
-    fd = generate._lock(out)
+    lock = lock_output(out)      # another run's lock (a second FileLock object: flock conflicts per open file)
     with pytest.raises(DraftsmithError, match="another hidden-states run"):
         _run(tiny_llama_dir, tokenized, out)
-    import os
-
-    os.close(fd)
+    lock.release()
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 10))
     with pytest.raises(DraftsmithError, match="not enough disk.*--force"):
         _run(tiny_llama_dir, tokenized, out)

@@ -36,7 +36,7 @@ def test_seed_flags_are_accepted_and_run(tiny_llama_dir, tmp_path):
     data = make_tokenized(tmp_path / "data", 7)
     parser, _ = cli.build_parser("hidden-states")
     args = parser.parse_args(_seed_flags(tiny_llama_dir, data, tmp_path / "x", tp_size=8) + [
-        "--tokenizer", "t", "--is-preformatted", "--aux-layers", "1,2,3", "--dtype", "float32", "--codec", "fp8",
+        "--tokenizer-path", "t", "--is-preformatted", "--aux-layers", "1,2,3", "--dtype", "float32", "--codec", "fp8",
         "--target-signal", "topk:16", "--draft-vocab-size", "8000", "--force"])
     assert (args.tp_size, args.mem_frac, args.num_samples, args.aux_layers) == (8, 0.75, 1000, [1, 2, 3])
     assert args.enable_aux_hidden_states and args.is_preformatted and args.force
@@ -56,7 +56,7 @@ def test_cli_errors_are_reported_without_traceback(tiny_llama_dir, tmp_path, cap
 
 
 def _run(model, data, out, batch_size):
-    return run_hidden_states(HiddenStatesConfig(model_path=str(model), data_path=str(data), output_path=str(out),
+    return run_hidden_states(HiddenStatesConfig(target_model_path=str(model), data_path=str(data), output_dir=str(out),
                                                 batch_size=batch_size, shard_mb=0.004, progress=False))
 
 
@@ -109,7 +109,7 @@ def test_torchrun_tensor_parallel_over_two_gloo_ranks(tiny_llama_dir, tmp_path):
 
     data = make_tokenized(tmp_path / "data", 6, max_len=30)
     single = tmp_path / "one"
-    run_hidden_states(HiddenStatesConfig(model_path=str(tiny_llama_dir), data_path=str(data), output_path=str(single),
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(tiny_llama_dir), data_path=str(data), output_dir=str(single),
                                          codec="bf16", dtype="float32", progress=False))
     out = tmp_path / "tp"
     flags = _seed_flags(tiny_llama_dir, data, out, tp_size=2) + ["--codec", "bf16", "--dtype", "float32"]

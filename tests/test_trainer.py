@@ -37,11 +37,11 @@ def setup(tiny_llama_dir, tmp_path_factory):
                                       max_length=128, output=str(root / "tokenized")))
     eval_conv = write_conversations(root / "eval.jsonl", 4, seed=1)
     store = root / "store"
-    run_hidden_states(HiddenStatesConfig(model_path=str(target), data_path=str(built.path), output_path=str(store),
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(built.path), output_dir=str(store),
                                          max_length=128, dtype="bfloat16", codec="bf16", batch_size=8,
                                          aux_layers=AUX, device="cpu", progress=False))
     eval_store = root / "eval_store"
-    run_hidden_states(HiddenStatesConfig(model_path=str(target), data_path=str(eval_conv), output_path=str(eval_store),
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(eval_conv), output_dir=str(eval_store),
                                          chat_template="hf", max_length=128, dtype="bfloat16", codec="bf16",
                                          batch_size=8, aux_layers=AUX, device="cpu", progress=False))
     return {"root": root, "target": target, "data": Path(built.path), "store": store, "eval_store": eval_store}
@@ -334,7 +334,7 @@ def test_trainer_and_build_dataset_choose_the_same_draft_vocab_on_ties(tiny_llam
     Dataset.from_dict({"id": ["a", "b"], "input_ids": [r[0] for r in rows],
                        "loss_mask": [r[1] for r in rows]}).save_to_disk(str(data))
     store = tmp_path / "store"
-    run_hidden_states(HiddenStatesConfig(model_path=str(tiny_llama_dir), data_path=str(data), output_path=str(store),
+    run_hidden_states(HiddenStatesConfig(target_model_path=str(tiny_llama_dir), data_path=str(data), output_dir=str(store),
                                          dtype="float32", codec="bf16", batch_size=2, aux_layers=AUX, device="cpu",
                                          progress=False))
     expected = {2: [60, 70], 6: [5, 50, 60, 70, 80, 90]}

@@ -64,8 +64,8 @@ mask[:, length // 4:] = 1
 Dataset.from_dict({"id": [f"s{i}" for i in range(samples)], "input_ids": ids.tolist(),
                    "loss_mask": mask.tolist()}).save_to_disk(str(work / "data"))
 
-cfg = HiddenStatesConfig(model_path=str(work / "model"), data_path=str(work / "data"),
-                         output_path=str(work / "store"), max_length=length, batch_size=4,
+cfg = HiddenStatesConfig(target_model_path=str(work / "model"), data_path=str(work / "data"),
+                         output_dir=str(work / "store"), max_length=length, batch_size=4,
                          dtype=str(dtype).replace("torch.", ""), device=device, progress=False, force=True)
 bare_before, tokens, _ = bare_forwards(work / "model", work / "data", cfg)
 summary = run_hidden_states(cfg)

@@ -190,8 +190,9 @@ def decode_part(args, dry: bool, device: str, results: Path, work: Path, env: di
     for name, extra in runs.items():
         report = results / f"eval_gpu_{name}.json"
         cmd = [py, "-m", "draftsmith.cli", "eval", "--target-model-path", str(target), "--draft-model-path",
-               str(draft), "--benchmark", str(prompts), "--num-steps", "5", "--max-new-tokens", tokens,
-               "--limit", str(2 if dry else args.eval_questions), "--device", device, "--output", str(report), *extra]
+               str(draft), "--benchmark", str(prompts), "--draft-depth", "5", "--max-new-tokens", tokens,
+               "--num-questions", str(2 if dry else args.eval_questions), "--device", device, "--output-file",
+               str(report), *extra]
         left = LIMITS_S["c"] - (time.perf_counter() - start)
         r = run_part(f"c decode {name}", cmd, results / f"c_eval_{name}.log", max(left, 1), env)
         rep = _json(report)

@@ -13,13 +13,15 @@ import argparse
 import datetime
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from draftsmith.errors import DraftsmithError
+from draftsmith import config
+from draftsmith.config import option
+from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.eval import benchmarks as bench
 from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
 from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
@@ -27,23 +29,47 @@ from draftsmith.target.dtype import CHOICES, choose_dtype, resolve_dtype
 from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalConfig:
-    target_model_path: Path
-    draft_model_path: Path | None
-    benchmarks: list[str]
-    num_steps: list[int] = field(default_factory=lambda: [5])
-    topk: int = 1
-    num_draft_tokens: int | None = None
-    max_new_tokens: int = 128
-    limit: int | None = None
-    output: Path = Path("report.json")
-    metrics: Path | None = None
-    device: str = "cpu"
-    dtype: str = "auto"     # draftsmith.target.dtype with exact=True: float32 unless --dtype says otherwise
-    backend: str = "hf"
-    server_url: str | None = None
-    trust_remote_code: bool = False
+    target_model_path: Path = option(help="HF target folder or hub name")
+    draft_model_path: Path | None = option(None, help="exported draft folder (required with --backend hf)")
+    benchmarks: list[str] = option(flag="--benchmark", metavar="NAME",
+                                   help="mtbench | gsm8k | humaneval | FILE.jsonl (several allowed)")
+    draft_depth: list[int] = option(default_factory=lambda: [5], metavar="K", deprecated=("--num-steps",),
+                                    help="draft tokens per verify step (several values share the plain baseline)")
+    topk: int = option(1, help="tree branching; 1 = chain drafting")
+    num_draft_tokens: int | None = option(None, help="tree nodes verified per step + 1, as SGLang's flag "
+                                                     "(default K*topk+1)")
+    max_new_tokens: int = option(128, help="new tokens per turn")
+    num_questions: int | None = option(None, deprecated=("--limit",),
+                                       help="first M prompts of each benchmark (default: all)")
+    output_file: Path = option(Path("report.json"), deprecated=("--output",),
+                               help="report JSON; .md and .png are written beside it")
+    metrics: Path | None = option(None, help="training metrics.jsonl to plot")
+    device: str = option("cpu", help="cpu | cuda | cuda:N")
+    dtype: str = option("auto", choices=CHOICES,
+                        help="auto = float32, which keeps the lossless check exact (bf16 rounding differs between "
+                             "batched and one-token forwards); bfloat16 | float16 for serving-dtype speed")
+    backend: Literal["hf", "sglang"] = option("hf", help="hf: decode here; sglang: ask a running server")
+    server_url: str | None = option(None, help="running SGLang server for --backend sglang")
+    trust_remote_code: bool = option(False, help="allow the target's own modeling code (opt-in)")
+
+    def validate(self) -> None:
+        """What the flags must say together before any model is loaded."""
+        if not self.benchmarks:
+            raise InputError("give at least one benchmark", field="--benchmark")
+        if self.backend == "sglang" and not self.server_url:
+            raise InputError("--backend sglang needs --server-url", field="--server-url")
+        if self.backend == "hf" and self.draft_model_path is None:
+            raise InputError("--draft-model-path is required with --backend hf", field="--draft-model-path")
+        if any(k < 0 for k in self.draft_depth):
+            raise InputError(f"must be >= 0, got {self.draft_depth}", field="--draft-depth")
+        for name in ("topk", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field="--" + name.replace("_", "-"))
+
+
+CONFIG = EvalConfig
 
 
 def load_models(cfg: EvalConfig):
@@ -79,13 +105,13 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
     eos = eos_ids(tokenizer, model)
     aux_layers = list(draft.config.aux_layer_ids)
     spec_cfgs = [SpecConfig(num_steps=k, topk=cfg.topk, num_draft_tokens=cfg.num_draft_tokens,
-                            max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos) for k in cfg.num_steps]
+                            max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos) for k in cfg.draft_depth]
     warm = encode_prompt(tokenizer, render_prompt(tokenizer, [{"role": "user", "content": "Hello"}]))
     greedy_generate(model, warm, 4, eos)
     speculative_generate(model, draft, warm, SpecConfig(num_steps=2, topk=cfg.topk, max_new_tokens=4), aux_layers)
     summaries, lossless = [], True
     for name in cfg.benchmarks:
-        prompts = bench.load(name, cfg.limit)
+        prompts = bench.load(name, cfg.num_questions)
         results = [BenchmarkResult(name, s.num_steps, s.topk, s.tree_size + 1 if s.num_steps else 1) for s in spec_cfgs]
         for p_index, prompt in enumerate(prompts):
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
@@ -112,8 +138,9 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
 
 def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return {"target_model_path": str(cfg.target_model_path), "draft_model_path": str(cfg.draft_model_path),
-            "benchmarks": cfg.benchmarks, "num_steps": cfg.num_steps, "topk": cfg.topk,
-            "num_draft_tokens": cfg.num_draft_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
+            "benchmarks": cfg.benchmarks, "draft_depth": cfg.draft_depth, "topk": cfg.topk,
+            "num_draft_tokens": cfg.num_draft_tokens, "max_new_tokens": cfg.max_new_tokens,
+            "num_questions": cfg.num_questions,
             "device": cfg.device, "dtype": choose_dtype(cfg.dtype, cfg.device, exact=True).name,
             "backend": cfg.backend,
             "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -127,7 +154,7 @@ def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
     summaries = []
     for name in cfg.benchmarks:
         replies = []
-        for prompt in bench.load(name, cfg.limit):
+        for prompt in bench.load(name, cfg.num_questions):
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
             for text in prompt.turns:
                 messages.append({"role": "user", "content": text})
@@ -140,54 +167,27 @@ def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target-model-path", type=Path, required=True, help="HF target folder or hub name")
-    parser.add_argument("--draft-model-path", type=Path, default=None, help="exported draft folder")
-    parser.add_argument("--benchmark", nargs="+", required=True, metavar="NAME",
-                        help="mtbench | gsm8k | humaneval | FILE.jsonl (several allowed)")
-    parser.add_argument("--num-steps", type=int, nargs="+", default=[5], metavar="K",
-                        help="draft depth per verify step (several values share the plain baseline)")
-    parser.add_argument("--topk", type=int, default=1, help="tree branching; 1 = chain drafting")
-    parser.add_argument("--num-draft-tokens", type=int, default=None,
-                        help="tree nodes verified per step + 1, as SGLang's flag (default K*topk+1)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--limit", type=int, default=None, help="first M prompts of each benchmark")
-    parser.add_argument("--output", type=Path, default=Path("report.json"),
-                        help="report JSON; .md and .png are written beside it")
-    parser.add_argument("--metrics", type=Path, default=None, help="training metrics.jsonl to plot")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=CHOICES, default="auto",
-                        help="auto = float32, which keeps the lossless check exact (bf16 rounding differs between "
-                             "batched and one-token forwards); bfloat16 | float16 for serving-dtype speed")
-    parser.add_argument("--backend", choices=["hf", "sglang"], default="hf")
-    parser.add_argument("--server-url", default=None, help="running SGLang server for --backend sglang")
-    parser.add_argument("--trust-remote-code", action="store_true")
+    config.add_arguments(parser, EvalConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = EvalConfig(target_model_path=args.target_model_path, draft_model_path=args.draft_model_path,
-                     benchmarks=args.benchmark, num_steps=args.num_steps, topk=args.topk,
-                     num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens, limit=args.limit,
-                     output=args.output, metrics=args.metrics, device=args.device, dtype=args.dtype,
-                     backend=args.backend, server_url=args.server_url, trust_remote_code=args.trust_remote_code)
+    cfg = config.from_args(EvalConfig, args)
+    cfg.validate()
     for name in cfg.benchmarks:
         bench.load(name, 0)   # fail on a bad benchmark name before loading models
     if cfg.backend == "sglang":
-        if not cfg.server_url:
-            raise DraftsmithError("--backend sglang needs --server-url")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
         report = evaluate_sglang(cfg, tokenizer)
         from draftsmith.fsutil import write_json_atomic
 
-        write_json_atomic(cfg.output, report)
-        print(f"wrote {cfg.output}")
+        write_json_atomic(cfg.output_file, report)
+        print(f"wrote {cfg.output_file}")
         return 0
-    if cfg.draft_model_path is None:
-        raise DraftsmithError("--draft-model-path is required with --backend hf")
     tokenizer, model, draft = load_models(cfg)
     report = evaluate(cfg, tokenizer, model, draft)
-    paths = write_report(report, cfg.output, cfg.metrics)
+    paths = write_report(report, cfg.output_file, cfg.metrics)
     print(markdown_table(report["benchmarks"]), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if not report["lossless"]:

@@ -6,7 +6,7 @@ Layout of a store folder (docs/feature-store.md):
     plan.json                  settings + which dataset rows go into which shard
     shards/shard-00000.safetensors   rows of all samples of the shard, encoded by the codec
     shards/shard-00000.json          the shard's index: sha256, bytes, per-sample entries
-    .lock                      held (flock) by the writing run
+    .lock                      held (filelock) by the writing run (features/writer.py)
 
 A shard's tensors are token-aligned: `input_ids` [N], `loss_mask` [N], `aux.<part>`
 [N, ...], `hidden.<part>` [N, ...]; with a top-k target signal, `topk_ids` and

@@ -42,9 +42,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from draftsmith import config
+from draftsmith.config import option
 from draftsmith.errors import InputError
 
 log = logging.getLogger("draftsmith.estimate_memory")
@@ -54,21 +57,34 @@ GIB = 2 ** 30
 
 @dataclass
 class MemoryConfig:
-    target_model_path: str | None = None     # HF folder / hub name (only its config.json is read)
-    target_config: str | None = None         # or a config.json file
-    mode: str = "offline"                    # offline: the draft's step | online: + the target
-    max_length: int = 2048
-    ttt_length: int = 7
-    draft_vocab_size: int = 32000
-    batch_size: int = 1
-    autocast: str = "bf16"                   # bf16 | off (auto: bf16, the trainer's CUDA default)
-    attention: str = "flex"                  # flex | blockwise | sdpa (auto: flex, the CUDA default)
-    parallel: str = "ddp"                    # ddp | fsdp
-    world_size: int = 1
-    dtype: str = "bfloat16"                  # the target's dtype: embeddings, features, lm_head rows
-    supervised: float = 1.0                  # share of supervised tokens (1.0: every row live, worst case)
-    device: str = "cuda"                     # the device the step is estimated for (cuda | cpu)
-    activation_checkpointing: bool = False   # as train --activation-checkpointing
+    """The `estimate-memory` stage's settings (draftsmith/config.py: its flags, defaults, config-file keys)."""
+
+    target_model_path: str | None = option(None, group="target", help="HF folder or hub name of the target "
+                                                                      "(only its config is read)")
+    target_config: str | None = option(None, group="target", help="or the target's config.json (no weights needed)")
+    mode: Literal["offline", "online"] = option("offline", group="step", help="offline: the draft's step; "
+                                                "online: plus the target's weights and forward")
+    max_length: int = option(2048, group="step", help="tokens per row (T)")
+    ttt_length: int = option(7, group="step", help="training-time-test steps")
+    draft_vocab_size: int = option(32000, group="step", help="draft vocabulary size")
+    batch_size: int = option(1, group="step", help="rows per micro-batch")
+    autocast: Literal["auto", "bf16", "off"] = option("bf16", group="step", help="bf16 autocast of the draft's "
+                                                      "matmuls (auto = bf16, the trainer's CUDA default)")
+    attention: Literal["auto", "flex", "blockwise", "sdpa"] = option(
+        "flex", group="step", help="TTT attention (auto = flex, the trainer's CUDA default)")
+    activation_checkpointing: bool = option(False, group="step", help="as train --activation-checkpointing: "
+                                                                      "recompute each TTT step's layer in backward")
+    dtype: str = option("bfloat16", group="step", help="the target's dtype (embeddings, features, lm_head rows)")
+    supervised: float = option(1.0, group="step", help="share of supervised tokens (1.0 = every row live: the "
+                                                       "worst case)")
+    parallel: Literal["ddp", "fsdp"] = option("ddp", group="devices", help="how the draft is spread over devices")
+    world_size: int = option(1, group="devices", help="devices (the single-device figures adjusted analytically)")
+    device: Literal["cuda", "cpu"] = option("cuda", group="devices", help="the device the step is estimated for "
+                                                                          "(sets the loss-chunk size)")
+    json: bool = option(False, help="print one JSON object")
+
+
+CONFIG = MemoryConfig
 
 
 def _target_config(cfg: MemoryConfig):
@@ -150,6 +166,8 @@ def _snapshot_bytes(snap: dict) -> dict[str, int]:
 
 
 def _validate(cfg: MemoryConfig) -> str:
+    if bool(cfg.target_model_path) == bool(cfg.target_config):
+        raise InputError("give one of --target-model-path or --target-config", field="--target-config")
     if cfg.mode not in ("offline", "online"):
         raise InputError("must be offline or online", field="--mode")
     if cfg.autocast not in ("auto", "bf16", "off"):
@@ -338,36 +356,13 @@ def estimate_memory(cfg: MemoryConfig) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = MemoryConfig()
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--target-model-path", help="HF folder or hub name of the target (its config is read)")
-    src.add_argument("--target-config", help="the target's config.json (no weights needed)")
-    p.add_argument("--mode", choices=["offline", "online"], default=d.mode,
-                   help="offline: the draft's step; online: plus the target's weights and forward")
-    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per row (T)")
-    p.add_argument("--ttt-length", type=int, default=d.ttt_length)
-    p.add_argument("--draft-vocab-size", type=int, default=d.draft_vocab_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--autocast", choices=["auto", "bf16", "off"], default=d.autocast,
-                   help="bf16 autocast of the draft's matmuls (auto = bf16, the trainer's CUDA default)")
-    p.add_argument("--attention", choices=["auto", "flex", "blockwise", "sdpa"], default=d.attention,
-                   help="TTT attention (auto = flex, the trainer's CUDA default)")
-    p.add_argument("--parallel", choices=["ddp", "fsdp"], default=d.parallel)
-    p.add_argument("--world-size", type=int, default=d.world_size)
-    p.add_argument("--dtype", default=d.dtype, help="the target's dtype (embeddings, features)")
-    p.add_argument("--supervised", type=float, default=d.supervised,
-                   help="share of supervised tokens (1.0 = every row live: the worst case)")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=d.device,
-                   help="the device the step is estimated for (sets the loss-chunk size)")
-    p.add_argument("--activation-checkpointing", action="store_true",
-                   help="as train --activation-checkpointing: recompute each TTT step's layer in backward")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    config.add_arguments(p, MemoryConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = MemoryConfig(**{k: v for k, v in vars(args).items() if k != "json"})
+    cfg = config.from_args(MemoryConfig, args)
     result = estimate_memory(cfg)
-    if args.json:
+    if cfg.json:
         print(json.dumps(result))
         return 0
     gib = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
