@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from draftsmith.data.templates import (REGISTRY, JinjaTemplate, TemplateError, get_template, template_names)
+from draftsmith.errors import DraftsmithError
 from tests._build_helpers import (CONVERSATIONS, REASONING, SINGLE, SYSTEM_MULTI, TOOLS, real_tokenizer,
                                   render_real, tokenizer_path)
 
@@ -269,3 +270,5 @@ def test_the_one_call_into_transformers_chat_templates():
     for generation_spans in (False, True):       # the sandbox: no attribute walk to Python internals
         with pytest.raises(TemplateError, match="SecurityError"):
             jinja.render_chat_template("{{ messages.__class__.__mro__ }}", SINGLE, generation_spans=generation_spans)
+    with pytest.raises(DraftsmithError, match="does not compile: TemplateSyntaxError"):
+        JinjaTemplate(tok, chat_template="{% for m in messages %}{{ m.content }}")

@@ -87,6 +87,10 @@ class JinjaTemplate:
             raise DraftsmithError("the tokenizer has no chat_template: name one with --chat-template "
                                   f"({', '.join(REGISTRY)})")
         self.source = source
+        try:
+            _compiled(source)
+        except Exception as e:  # a syntax error is the template's, not a row's: stop before reading rows
+            raise DraftsmithError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
         self._has_generation = bool(_GENERATION_TAG.search(source))
         self._markers: ChatTemplate | None = None
         self._variants = [{}] + ([{"enable_thinking": False}, {"enable_thinking": True}]
