@@ -44,6 +44,9 @@ signal, `full_head`), from a top-K store's `target_argmax` rows, or, for a full-
 draft, is the draft-vocab argmax itself. The draft's logits are computed for supervised rows only, after the
 unroll, by one fused loss over all steps' rows in chunks whose gradient is taken in the
 forward pass: logits never exist for more than one chunk of rows.
+
+(Over 400 lines: the alignment rules above, their packed-row form, the unroll and the fused
+loss are one contract, read and tested together.)
 """
 
 from __future__ import annotations
