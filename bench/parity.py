@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -146,15 +147,22 @@ def stage_data(args, w: Path) -> dict:
 def stage_probe(args, w: Path, data: dict) -> dict:
     """hidden-states on the first rows with each target dtype: tokens/s, to pick the target dtype."""
     out = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype, rows in (("float32", args.probe_rows), ("bfloat16", args.probe_rows_bf16)):
         path = w / "probe" / dtype
+        done = path / "probe.json"              # one dtype's figure, kept if the stage is interrupted
+        if done.exists():
+            out[dtype] = json.loads(done.read_text())
+            continue
+        shutil.rmtree(path, ignore_errors=True)  # a store left by an interrupted probe would be reused, not timed
         secs = _run(args, _cli(args, "hidden-states", "--model-path", data["model"], "--enable-aux-hidden-states",
                                "--data-path", str(w / "dataset"), "--max-length", str(args.max_length),
-                               "--num-samples", str(args.probe_rows), "--dtype", dtype, "--codec", "bf16",
-                               "--batch-size", "4", "--device", "cpu", "--force", "--output-path", str(path)),
+                               "--num-samples", str(rows), "--dtype", dtype, "--codec", "bf16",
+                               "--batch-size", "4", "--device", "cpu", "--output-path", str(path)),
                     w / "logs" / f"probe-{dtype}.log", args.threads)
         tokens = json.loads((path / "manifest.json").read_text())["num_tokens"]
-        out[dtype] = {"rows": args.probe_rows, "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs}
+        out[dtype] = {"rows": rows, "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs,
+                      "loadavg_after": os.getloadavg()}
+        done.write_text(json.dumps(out[dtype]))
     out["chosen"] = max(("float32", "bfloat16"), key=lambda d: out[d]["tokens_per_s"])
     return out
 
@@ -207,15 +215,47 @@ def stage_train(args, w: Path, data: dict, vocab: dict) -> dict:
             "specforge": {"seconds": secs["specforge"], **sf}}
 
 
-def stage_export(args, w: Path, data: dict, vocab: dict) -> dict:
+def _inspect(args, folder: Path, model: str, log: Path) -> tuple[int, str]:
+    """`draftsmith inspect` (SGLang's verdict); exit status and its report."""
+    cmd = _cli(args, "inspect", str(folder), "--target-model-path", model, "--engine", "sglang")
+    with log.open("w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.src, args.threads), cwd=REPO).returncode
+    return rc, log.read_text()
+
+
+def complete_specforge_config(folder: Path, aux_layers: list[int]) -> list[str]:
+    """The keys `draftsmith inspect` / `eval` require and SpecForge 0.2.0's export leaves out, with the values
+    the engines assume without them: SGLang captures its default layers [1, L//2 - 1, L - 4] (+1 = HF
+    hidden_states [2, L//2, L-3], the store's aux layers) when eagle_config is absent, and reads no rope
+    scaling when rope_scaling is absent. So these keys change nothing SGLang would serve; they let our
+    eval load the folder. Returns the keys added."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    added = {}
+    if "rope_scaling" not in config:
+        added["rope_scaling"] = None
+    if "eagle_config" not in config:
+        added["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in aux_layers],
+                                 "use_aux_hidden_state": True}
+    if "eagle_aux_hidden_state_layer_ids" not in config:
+        added["eagle_aux_hidden_state_layer_ids"] = list(aux_layers)
+    path.write_text(json.dumps({**config, **added}, indent=2) + "\n")
+    return sorted(added)
+
+
+def stage_export(args, w: Path, data: dict, features: dict) -> dict:
     _run(args, _cli(args, "export", str(w / "train_draftsmith" / "final"), "--output", str(w / "draft_draftsmith"),
                     "--target-model-path", data["model"]), w / "logs" / "export-draftsmith.log", args.threads)
     out = {}
+    sf = w / "draft_specforge"
+    rc, report = _inspect(args, sf, data["model"], w / "logs" / "inspect-specforge-as-exported.log")
+    out["specforge_as_exported"] = {"inspect_exit": rc, "inspect": report[-2500:]}
+    out["specforge_keys_added"] = complete_specforge_config(sf, features["aux_layers"])
     for impl in IMPLS:
-        log = w / "logs" / f"inspect-{impl}.log"
-        _run(args, _cli(args, "inspect", str(w / f"draft_{impl}"), "--target-model-path", data["model"]),
-             log, args.threads)
-        out[impl] = {"draft": str(w / f"draft_{impl}"), "inspect": log.read_text()[-2000:]}
+        rc, report = _inspect(args, w / f"draft_{impl}", data["model"], w / "logs" / f"inspect-{impl}.log")
+        out[impl] = {"draft": str(w / f"draft_{impl}"), "inspect_exit": rc, "inspect": report[-2500:]}
+        if rc != 0:
+            raise RuntimeError(f"draftsmith inspect refuses {w / f'draft_{impl}'}:\n{report[-2500:]}")
     # the same draft vocab went into both
     from safetensors import safe_open
 
@@ -303,7 +343,15 @@ def specforge_train(args) -> dict:
     eagle3.LogSoftmaxLoss = bench_train._cpu_log_softmax_loss()
     from specforge.algorithms.eagle3.data import normalize_offline_sample
     from specforge.algorithms.eagle3.providers import algorithm_providers
-    from specforge.data.utils import DataCollatorWithPadding
+    try:
+        import datasets  # noqa: F401
+    except ImportError:  # specforge.data.utils names datasets.Dataset in an annotation only
+        sys.modules["datasets"] = types.SimpleNamespace(Dataset=object)
+    try:
+        from specforge.data.utils import DataCollatorWithPadding
+    finally:
+        if isinstance(sys.modules.get("datasets"), types.SimpleNamespace):
+            del sys.modules["datasets"]
     from specforge.export.checkpoint_io import apply_legacy_rope_scaling
     from specforge.export.to_sglang import WEIGHT_MAPS, _serving_state
     from specforge.modeling.auto import AutoDraftModel
@@ -409,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conversations", type=int, default=1160, help="ShareGPT rows prepared (some drop at build)")
     p.add_argument("--min-conversations", type=int, default=1000, help="tokenized conversations required")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--probe-rows", type=int, default=20)
+    p.add_argument("--probe-rows", type=int, default=20, help="rows of the float32 hidden-states probe")
+    p.add_argument("--probe-rows-bf16", type=int, default=4,
+                   help="rows of the bfloat16 probe (bf16 runs ~6x slower on AVX2-only CPUs)")
     p.add_argument("--target-dtype", default=None, help="hidden-states target dtype (default: the probe's faster)")
     p.add_argument("--draft-vocab-size", type=int, default=4096)
     p.add_argument("--ttt", type=int, default=3)
@@ -429,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads of the single-process stages")
     p.add_argument("--nice", type=int, default=10)
     p.add_argument("--stop-after", default=None, help="stop once this stage is done (e.g. features)")
+    p.add_argument("--report-partial", action="store_true",
+                   help="run nothing: write the stages done so far to bench/results/parity_partial.json")
     p.add_argument("--specforge-python", default="/tmp/specforge-venv/bin/python")
     p.add_argument("--work-dir", default=str(REPO / "cache" / "bench" / "parity"))
     p.add_argument("--output", default=str(RESULTS / "parity.json"))
@@ -449,6 +501,8 @@ def drive(args, argv) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "threads", "nice", "src", "cmd", "stop_after")}
     settings["src"] = str(args.src)
     load = {"before": os.getloadavg()}
+    if args.report_partial:
+        return report_partial(args, argv, state, settings)
 
     def stage(name: str, fn, *a):
         if args.stop_after and args.stop_after in state:
@@ -471,7 +525,7 @@ def drive(args, argv) -> int:
     features = stage("features", stage_features, data, probe)
     vocab = stage("vocab", stage_vocab, data)
     train = stage("train", stage_train, data, vocab)
-    export = stage("export", stage_export, data, vocab)
+    export = stage("export", stage_export, data, features)
     chain = stage("eval_chain", stage_eval, data, 1, args.eval_questions, args.max_new_tokens)
     tree = None
     if args.tree_topk > 1:
@@ -499,6 +553,29 @@ def drive(args, argv) -> int:
         _log(f"{name}: " + "  ".join(f"{impl} tau {r[impl]['tau']:.3f} [{r[impl]['ci_low']:.3f}, "
                                      f"{r[impl]['ci_high']:.3f}]" for impl in IMPLS) + f"  -> {r['verdict']}")
     _log(f"wrote {args.output}")
+    return 0
+
+
+STAGES = ("snapshot", "data", "probe", "features", "vocab", "train", "export", "eval_chain", "eval_tree4")
+
+
+def report_partial(args, argv, state: dict, settings: dict) -> int:
+    """What a run that has not finished holds so far, labelled partial."""
+    out = {"partial": True, "stages_done": [s for s in STAGES if s in state],
+           "stages_not_done": [s for s in STAGES if s not in state], **{k: v for k, v in state.items()},
+           "command": "python bench/parity.py " + " ".join(a for a in (argv or sys.argv[1:]) if a != "--report-partial"),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
+           "settings": settings}
+    features = args.work_dir and Path(args.work_dir) / "features" / "shards"
+    if "features" not in state and features and features.is_dir():
+        done = [json.loads(p.read_text()) for p in sorted(features.glob("*.json"))]
+        out["features_in_progress"] = {"shards_done": len(done), "samples_done": sum(d["num_samples"] for d in done),
+                                       "tokens_done": sum(d["num_tokens"] for d in done),
+                                       "tokens_total": state["data"]["tokens"]}
+    path = RESULTS / "parity_partial.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    _log(f"wrote {path} (partial: {', '.join(out['stages_not_done'])} not done)")
     return 0
 
 
