@@ -42,6 +42,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,13 +70,30 @@ def _cli(args, *argv: str) -> list[str]:
             "import sys; from draftsmith.cli import main; sys.exit(main())", *argv]
 
 
+CHILDREN: list[subprocess.Popen] = []
+
+
+def _stop_children(signum, frame) -> None:
+    """SIGTERM / SIGINT: stop the stage commands too (they would go on writing the outputs a rerun resumes)."""
+    for p in CHILDREN:
+        if p.poll() is None:
+            p.terminate()
+    raise SystemExit(128 + signum)
+
+
+def _start(args, cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.src, threads), cwd=REPO)
+    CHILDREN.append(p)
+    return p
+
+
 def _run(args, cmd: list[str], log: Path, threads: int) -> float:
     """Run one command to completion (output to `log`), raise on failure; its wall seconds."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"$ {' '.join(cmd[4:] if cmd[0] == 'nice' and cmd[3] == '-c' else cmd)}  (log {log})")
+    _log(f"$ {' '.join(cmd)}  (log {log})")
     t0 = time.perf_counter()
-    with log.open("w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.src, threads), cwd=REPO).returncode
+    rc = _start(args, cmd, log, threads).wait()
     if rc != 0:
         raise RuntimeError(f"command failed (exit {rc}), see {log}:\n{log.read_text()[-3000:]}")
     return time.perf_counter() - t0
@@ -85,10 +103,8 @@ def _run_parallel(args, jobs: dict[str, tuple[list[str], Path]], threads: int) -
     """Run commands side by side (the same machine load for both); wall seconds of each."""
     procs, t0, secs = {}, time.perf_counter(), {}
     for name, (cmd, log) in jobs.items():
-        log.parent.mkdir(parents=True, exist_ok=True)
         _log(f"[{name}] $ {' '.join(cmd)}  (log {log})")
-        procs[name] = (subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                        env=_env(args.src, threads), cwd=REPO), log)
+        procs[name] = (_start(args, cmd, log, threads), log)
     failed = []
     while procs:
         for name, (p, log) in list(procs.items()):
@@ -218,8 +234,7 @@ def stage_train(args, w: Path, data: dict, vocab: dict) -> dict:
 def _inspect(args, folder: Path, model: str, log: Path) -> tuple[int, str]:
     """`draftsmith inspect` (SGLang's verdict); exit status and its report."""
     cmd = _cli(args, "inspect", str(folder), "--target-model-path", model, "--engine", "sglang")
-    with log.open("w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(args.src, args.threads), cwd=REPO).returncode
+    rc = _start(args, cmd, log, args.threads).wait()
     return rc, log.read_text()
 
 
@@ -472,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-questions", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--tree-topk", type=int, default=4, help="the tree setting (0: skip the tree decode)")
-    p.add_argument("--tree-questions", type=int, default=None, help="default: --eval-questions")
+    p.add_argument("--tree-questions", type=int, default=10,
+                   help="questions of the tree decode (a topk-4 verify step costs ~2x a chain one on a CPU)")
     p.add_argument("--tree-max-new-tokens", type=int, default=None, help="default: --max-new-tokens")
     p.add_argument("--resamples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
@@ -493,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drive(args, argv) -> int:
+    signal.signal(signal.SIGTERM, _stop_children)
+    signal.signal(signal.SIGINT, _stop_children)
     w = Path(args.work_dir)
     w.mkdir(parents=True, exist_ok=True)
     args.src = w / "src"
@@ -530,7 +548,7 @@ def drive(args, argv) -> int:
     tree = None
     if args.tree_topk > 1:
         tree = stage(f"eval_tree{args.tree_topk}", stage_eval, data, args.tree_topk,
-                     args.tree_questions or args.eval_questions, args.tree_max_new_tokens or args.max_new_tokens)
+                     args.tree_questions, args.tree_max_new_tokens or args.max_new_tokens)
     load["after"] = os.getloadavg()
 
     result = {impl: summarize_eval(chain[impl]["report"], args.resamples, args.seed) for impl in IMPLS}
