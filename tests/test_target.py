@@ -97,3 +97,32 @@ def test_topk_over_draft_vocab_matches_full_logits(tiny_llama_dir):
     torch.testing.assert_close(top_logits, expect_logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(DraftsmithError, match="exceeds"):
         target.topk(hidden, draft_to_target[:4], 8)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])
+def test_aux_capture_equals_output_hidden_states_through_a_kv_cache(fixture, request):
+    """What eval's speculative decoding reads (AuxCapture on the causal LM, a prefill, a one-token
+    step and a verify chunk through the KV cache) equals HF's own output_hidden_states there."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from draftsmith.eval.spec_decode import _with_cache
+    from draftsmith.target.hf import AuxCapture
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(fixture), dtype=torch.float32).eval()
+    layers = [1, 4, 6]
+    ids = torch.randint(3, 49152, (1, 17))
+    capture = AuxCapture.for_model(model, layers)
+    caches = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with torch.inference_mode():
+        for start, end in ((0, 12), (12, 13), (13, 17)):
+            chunk, pos = ids[:, start:end], torch.arange(start, end)[None]
+            got = model(input_ids=chunk, position_ids=pos, **_with_cache(model, caches[0]), use_cache=True)
+            aux = capture.take()
+            ref = model(input_ids=chunk, position_ids=pos, **_with_cache(model, caches[1]), use_cache=True,
+                        output_hidden_states=True)
+            assert aux.shape == (1, end - start, 3 * 64)
+            assert torch.equal(aux, torch.cat([ref.hidden_states[i] for i in layers], dim=-1))
+            assert torch.equal(got.logits, ref.logits)
+        capture.close()
+        model(input_ids=ids[:, :3])
+    assert capture._captured == {} and capture._hooks == []      # closed: nothing captured, hooks gone

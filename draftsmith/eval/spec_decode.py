@@ -44,7 +44,7 @@ class SpecConfig:
 
     def __post_init__(self):
         if self.num_steps < 0:
-            raise DraftsmithError(f"--num-steps must be >= 0, got {self.num_steps}")
+            raise DraftsmithError(f"--draft-depth must be >= 0, got {self.num_steps}")
         if self.topk < 1:
             raise DraftsmithError(f"--topk must be >= 1, got {self.topk}")
         if self.max_new_tokens < 1:
@@ -124,25 +124,32 @@ class _Target:
     def __init__(self, model, aux_layers: list[int]):
         from transformers import DynamicCache
 
+        from draftsmith.target.hf import AuxCapture
+
         self.model = model
-        self.aux_layers = aux_layers
         self.cache = DynamicCache(config=model.config)
         # sliding-window layers drop states past their window; a rejected draft must be croppable
         self.cache.activate_past_recording()
         self.dtype = model.get_input_embeddings().weight.dtype
         self.device = model.get_input_embeddings().weight.device
+        # the aux features as the hidden-states stage and online training read them (target/hf.py)
+        self.aux = AuxCapture.for_model(model, aux_layers)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, allow: torch.Tensor | None,
                 want_aux: bool, last_logits_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """logits [T, V] (or [1, V]) and aux features [T, 3H] (or None) of `ids` appended to the cache."""
         mask = None if allow is None else _tree_mask(allow.to(self.device), self.dtype)
-        out = self.model(input_ids=ids[None].to(self.device), position_ids=positions[None].to(self.device),
-                         attention_mask=mask, **_with_cache(self.model, self.cache), use_cache=True,
-                         output_hidden_states=want_aux, logits_to_keep=1 if last_logits_only else 0)
-        aux = None
-        if want_aux:
-            aux = torch.cat([out.hidden_states[i][0] for i in self.aux_layers], dim=-1)
+        try:
+            out = self.model(input_ids=ids[None].to(self.device), position_ids=positions[None].to(self.device),
+                             attention_mask=mask, **_with_cache(self.model, self.cache), use_cache=True,
+                             logits_to_keep=1 if last_logits_only else 0)
+            aux = self.aux.take()[0] if want_aux else None
+        finally:
+            self.aux.clear()
         return out.logits[0].float(), aux
+
+    def close(self) -> None:
+        self.aux.close()
 
 
 class _Draft:
@@ -259,6 +266,13 @@ def speculative_generate(model, draft, prompt_ids: list[int], cfg: SpecConfig, a
     """Greedy speculative decoding of one reply; `aux_layers` are HF hidden_states indices."""
     start = time.perf_counter()
     target = _Target(model, aux_layers)
+    try:
+        return _speculative_generate(target, draft, prompt_ids, cfg, start)
+    finally:
+        target.close()
+
+
+def _speculative_generate(target: _Target, draft, prompt_ids: list[int], cfg: SpecConfig, start: float) -> Generation:
     window_layer = _full_attention_only(target.cache)
     if cfg.topk > 1 and window_layer is not None:
         raise DraftsmithError(f"tree drafting (--topk > 1) needs full-attention KV caches; this target has "

@@ -2,7 +2,8 @@
 
 The aux features are the *inputs* of decoder layers `aux_layers` (HF
 `output_hidden_states` indices, SGLang's EAGLE-3 convention [2, L//2, L-3]), captured
-with forward pre-hooks so the other L+1-3 hidden states are never kept. The base model
+with forward pre-hooks (`AuxCapture`, also what eval's speculative decoding reads) so the
+other L+1-3 hidden states are never kept. The base model
 is called instead of the causal-LM head, so no full-vocabulary logits are computed; the
 LM head is applied only where the caller asks (`topk`).
 
@@ -59,6 +60,62 @@ def right_pad_order(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM (what its LM head reads), e.g. `LlamaModel` of `LlamaForCausalLM`."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+
+def num_hidden_layers(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.num_hidden_layers)
+
+
+class AuxCapture:
+    """The EAGLE-3 aux features of a forward: the inputs of decoder layers `aux_layers` (HF
+    `output_hidden_states` indices) captured by forward pre-hooks, concatenated in that order.
+
+    The one place draftsmith reads a target's aux features: the hidden-states stage and online
+    training (`HFTarget`) and eval's speculative decoding (eval/spec_decode.py) all use it, so the
+    draft is served the features it was trained on. Only the asked-for layers are kept (the other
+    hidden states are never collected), and a forward with a KV cache (one token or a verify
+    batch) captures just its new positions. State: the registered hooks and the last capture.
+    """
+
+    def __init__(self, decoder: nn.Module, aux_layers: list[int], num_layers: int):
+        self.aux_layers = list(aux_layers)
+        layers = _decoder_layers(decoder, num_layers)
+        self._captured: dict[int, torch.Tensor] = {}
+        self._hooks = [layers[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
+                       for i in sorted(set(self.aux_layers))]
+
+    @classmethod
+    def for_model(cls, model: nn.Module, aux_layers: list[int]) -> "AuxCapture":
+        """Hooks on a causal LM (or its decoder) `model`."""
+        return cls(decoder_of(model), aux_layers, num_hidden_layers(model.config))
+
+    def _hook(self, index: int):
+        def hook(module, args, kwargs):
+            self._captured[index] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def take(self) -> torch.Tensor:
+        """[..., len(aux_layers) * H] of the last forward (its new positions), then forgotten."""
+        try:
+            return torch.cat([self._captured[i] for i in self.aux_layers], dim=-1)
+        finally:
+            self._captured.clear()
+
+    def clear(self) -> None:
+        """Forget the last capture (a forward whose features are not needed)."""
+        self._captured.clear()
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._captured.clear()
+
+
 class HFTarget:
     """A frozen HF causal LM with hooks on its aux layers (state: the model and its hooks)."""
 
@@ -66,7 +123,7 @@ class HFTarget:
         self.model = model.eval().requires_grad_(False)
         self.config = model.config
         text = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
-        self.num_layers = int(text.num_hidden_layers)
+        self.num_layers = num_hidden_layers(self.config)
         self.hidden_size = int(text.hidden_size)
         self.vocab_size = int(text.vocab_size)
         self.aux_layers = list(aux_layers) if aux_layers is not None else default_aux_layers(self.num_layers)
@@ -74,17 +131,9 @@ class HFTarget:
             if not 0 <= i < self.num_layers:
                 raise DraftsmithError(f"aux layer {i} is outside 0..{self.num_layers - 1} "
                                       f"(HF output_hidden_states indices of a {self.num_layers}-layer model)")
-        self.decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-        layers = _decoder_layers(self.decoder, self.num_layers)
-        self._captured: dict[int, torch.Tensor] = {}
-        self._hooks = [layers[i].register_forward_pre_hook(self._capture(i), with_kwargs=True)
-                       for i in sorted(set(self.aux_layers))]
+        self.decoder = decoder_of(model)
+        self._aux = AuxCapture(self.decoder, self.aux_layers, self.num_layers)
         self._head_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _capture(self, index: int):
-        def hook(module, args, kwargs):
-            self._captured[index] = args[0] if args else kwargs["hidden_states"]
-        return hook
 
     @property
     def device(self) -> torch.device:
@@ -115,12 +164,11 @@ class HFTarget:
         ids = torch.gather(input_ids, 1, order)
         mask = torch.gather(attention_mask, 1, order)
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        self._captured.clear()
         try:
             out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-            aux = torch.cat([self._captured[i] for i in self.aux_layers], dim=-1)
+            aux = self._aux.take()
         finally:
-            self._captured.clear()
+            self._aux.clear()
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         keep = mask.unsqueeze(-1).to(hidden.dtype)
         aux, hidden = _full(aux) * keep, _full(hidden) * keep
@@ -149,9 +197,7 @@ class HFTarget:
         return ids, values
 
     def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        self._aux.close()
 
 
 @contextlib.contextmanager
