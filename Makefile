@@ -40,7 +40,7 @@ OLDEST_TRANSFORMERS ?= 5.18.0
 OLDEST_VENV ?= .venv-oldest
 COMPAT_TESTS ?= tests/test_eval.py tests/test_target.py tests/test_draft_model.py tests/test_export.py \
 	tests/test_dtype_policy.py tests/test_engine_conventions.py tests/test_families.py tests/test_templates.py \
-	tests/test_packaging.py
+	tests/test_packaging.py tests/test_layouts.py
 
 $(OLDEST_VENV)/.installed: requirements.lock requirements-resources.txt pyproject.toml Makefile
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)

@@ -146,9 +146,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, draft_to_target: torch.Tensor | N
     info = dist.init_distributed(cfg.device)
     dist.set_memory_fraction(cfg.mem_frac, info.device)
     tp = cfg.tp_size
-    if tp > 1 and tp != info.world_size:
-        raise DraftsmithError(f"--tp-size {tp} must equal the number of torchrun processes ({info.world_size}): "
-                              "transformers' tensor parallelism spans the whole world")
+    dist.check_tp_size(info, tp)      # world / tp replicas of tp consecutive ranks (draftsmith/dist.py)
     root = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg.target_model_path, cfg.data_path)
     t_start = time.monotonic()
 
