@@ -193,7 +193,7 @@ def test_speculative_decoding_is_lossless(family_run, tmp_path):
     prompts.write_text(json.dumps({"id": "p", "turns": ["the cat sat on a mat and then it ran to the big house",
                                                         "seven blue birds"]}) + "\n")
     cfg = EvalConfig(target_model_path=family_run["target"], draft_model_path=family_run["served"],
-                     benchmarks=[str(prompts)], num_steps=[3], max_new_tokens=24, output=tmp_path / "r.json")
+                     benchmarks=[str(prompts)], draft_depth=[3], max_new_tokens=24, output_file=tmp_path / "r.json")
     tokenizer, model, draft = load_models(cfg)
     report = evaluate(cfg, tokenizer, model, draft, log=lambda *_: None)
     (summary,) = report["benchmarks"]
