@@ -9,19 +9,18 @@ directly. A row whose reply text is not inside the span found is refused (Templa
 so template text is never supervised.
 
 `render_chat_template` is the one place draftsmith calls into transformers for chat
-templates. Its public path is `render_jinja_template` (transformers.utils.chat_template_utils:
-no underscore, the function `apply_chat_template` calls), which gives the sandboxed rendering
-and the `{% generation %}` spans as character offsets (no documented API returns those). For
-plain rendering it reuses transformers' compiled template (the private
-`_compile_jinja_template`, see `_compiled`): the public function converts every message to
-plain data on each call, which doubles the cost of the `hf` path. tests/test_templates.py
-checks that both paths give `tokenizer.apply_chat_template`'s text and that the private name
-still exists, so a change in transformers fails there, loudly, not on users' rows.
+templates: `render_jinja_template` (transformers.utils.chat_template_utils; public, the
+function `apply_chat_template` itself calls), which gives the sandboxed rendering and the
+`{% generation %}` spans as character offsets. (Rendering transformers' compiled template
+directly, the private `_compile_jinja_template`, is 6-18% faster per render but leaves
+build-dataset's time unchanged within noise: bench/chat_template_render.py, docs/benchmarks.md;
+so no private function is used.)
+tests/test_templates.py checks its text against `tokenizer.apply_chat_template`, its spans on a
+`{% generation %}` template and its sandbox, so a change in transformers fails there, loudly.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Sequence
 
@@ -36,35 +35,20 @@ def render_chat_template(source: str, messages: Sequence[dict], *, add_generatio
     """(text, spans): jinja `source` rendered in transformers' sandbox with `messages` (None fields
     dropped, reasoning also passed as `thinking`, as transformers passes them), `tools` and
     `variables`; `spans` are the character ranges of `{% generation %}` blocks when
-    `generation_spans` is set (else []). Any failure of the template is a TemplateError."""
-    messages = _aliased(messages)
-    try:
-        compiled = None if generation_spans else _compiled(source)
-        if compiled is not None:
-            return compiled.render(messages=messages, tools=tools or None, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **variables), []
-        from transformers.utils.chat_template_utils import render_jinja_template
+    `generation_spans` is set (else []). A template that fails on these messages is a
+    TemplateError (the row is skipped); one that does not parse, a DraftsmithError (the stage stops)."""
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-        texts, spans = render_jinja_template(conversations=[messages], tools=tools or None, documents=None,
+    try:
+        texts, spans = render_jinja_template(conversations=[_aliased(messages)], tools=tools or None, documents=None,
                                              chat_template=source, return_assistant_tokens_mask=generation_spans,
                                              add_generation_prompt=add_generation_prompt, **variables)
+    except jinja2.TemplateSyntaxError as e:
+        raise DraftsmithError(f"the chat template does not compile: line {e.lineno}: {e.message}") from None
     except Exception as e:  # jinja raises TemplateError, UndefinedError, SecurityError, TypeError... from templates
         raise TemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
     return texts[0], (list(spans[0]) if generation_spans else [])
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(source: str):
-    """transformers' compiled sandbox template for `source` (the private `_compile_jinja_template`,
-    which `render_jinja_template` calls on every render), or None when transformers no longer has it:
-    rendering then goes through the public function, the same text at about twice the cost
-    (it converts every message and variable to plain data on each call, and the `hf` path renders
-    each conversation once per reply). tests/test_templates.py fails when this returns None."""
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-    except ImportError:
-        return None
-    return _compile_jinja_template(source)
 
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -87,10 +71,6 @@ class JinjaTemplate:
             raise DraftsmithError("the tokenizer has no chat_template: name one with --chat-template "
                                   f"({', '.join(REGISTRY)})")
         self.source = source
-        try:
-            _compiled(source)
-        except Exception as e:  # a syntax error is the template's, not a row's: stop before reading rows
-            raise DraftsmithError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
         self._has_generation = bool(_GENERATION_TAG.search(source))
         self._markers: ChatTemplate | None = None
         self._variants = [{}] + ([{"enable_thinking": False}, {"enable_thinking": True}]
@@ -103,7 +83,7 @@ class JinjaTemplate:
         stops = {s for s in stop_tokens if s}
         if tokenizer.eos_token:
             stops.add(tokenizer.eos_token)
-        stops |= self._probe_end_of_turn()
+        stops |= self._probe_end_of_turn()   # the first render: a template that does not parse stops here
         self.stop_markers = tuple(sorted(stops, key=len, reverse=True))
         self._stop_re = re.compile("|".join(re.escape(s) for s in self.stop_markers))
 
