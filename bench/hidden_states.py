@@ -58,11 +58,11 @@ def tokenized_sharegpt(num_samples: int, max_length: int, model_dir: Path, work:
     from draftsmith.data.build import BuildConfig, build_dataset
     from draftsmith.data.prepare import PrepareConfig, prepare_data
 
-    prepare_data(PrepareConfig(dataset="sharegpt", data_path=[resources.sharegpt_json()], output_path=work / "conv",
-                               sample_size=num_samples, seed=0, overwrite=True, progress=False))
+    prepare_data(PrepareConfig(dataset="sharegpt", data_path=[resources.sharegpt_json()], output_dir=work / "conv",
+                               num_samples=num_samples, seed=0, overwrite=True, progress=False))
     jsonl = work / "conv" / "sharegpt" / "sharegpt_train.jsonl"
-    return build_dataset(BuildConfig(data_path=str(jsonl), tokenizer=str(model_dir), chat_template="hf",
-                                     max_length=max_length, output=str(work / "tokenized"), overwrite=True)).path
+    return build_dataset(BuildConfig(data_path=str(jsonl), target_model_path=str(model_dir), chat_template="hf",
+                                     max_length=max_length, output_dir=str(work / "tokenized"), overwrite=True)).path
 
 
 def tiny_model(work: Path) -> Path:

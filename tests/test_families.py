@@ -113,8 +113,8 @@ def family_run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(family.name)
     target = build_target(family, root / "target")
     data = write_conversations(root / "conversations.jsonl", 3, answer_words=12)
-    dataset = build_dataset(BuildConfig(data_path=str(data), tokenizer=str(target), chat_template="hf",
-                                        max_length=96, output=str(root / "dataset"))).path
+    dataset = build_dataset(BuildConfig(data_path=str(data), target_model_path=str(target), chat_template="hf",
+                                        max_length=96, output_dir=str(root / "dataset"))).path
     store = root / "features"
     # bf16 target + bf16 codec: the store holds exactly what the online target computes
     run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(dataset), output_dir=str(store),

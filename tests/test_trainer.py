@@ -33,8 +33,8 @@ def setup(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     target = sharp_target(Path(tiny_llama_dir), root / "target")
     conv = write_conversations(root / "train.jsonl", 16)
-    built = build_dataset(BuildConfig(data_path=str(conv), tokenizer=str(target), chat_template="hf",
-                                      max_length=128, output=str(root / "tokenized")))
+    built = build_dataset(BuildConfig(data_path=str(conv), target_model_path=str(target), chat_template="hf",
+                                      max_length=128, output_dir=str(root / "tokenized")))
     eval_conv = write_conversations(root / "eval.jsonl", 4, seed=1)
     store = root / "store"
     run_hidden_states(HiddenStatesConfig(target_model_path=str(target), data_path=str(built.path), output_dir=str(store),
