@@ -310,13 +310,15 @@ def per_question(summary: dict) -> dict[str, list[float]]:
     return out
 
 
-def bootstrap(rows: list[list[float]], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the pooled τ (Σ emitted / Σ steps) over questions drawn with replacement."""
+def bootstrap(rows: list[list[float]], resamples: int, seed: int, level: float = 0.95,
+              numerator: int = 0) -> tuple[float, float]:
+    """Percentile interval of a pooled ratio over questions drawn with replacement: Σ row[numerator] /
+    Σ verify steps (numerator 0: τ; 2 + i: acceptance at depth i + 1)."""
     rng = random.Random(seed)
     n, taus = len(rows), []
     for _ in range(resamples):
         pick = [rows[rng.randrange(n)] for _ in range(n)]
-        taus.append(sum(r[0] for r in pick) / sum(r[1] for r in pick))
+        taus.append(sum(r[numerator] for r in pick) / sum(r[1] for r in pick))
     taus.sort()
     lo = taus[int((1 - level) / 2 * resamples)]
     hi = taus[min(resamples - 1, int((1 + level) / 2 * resamples))]
@@ -328,7 +330,8 @@ def summarize_eval(report_path: str, resamples: int, seed: int) -> dict:
     s = report["benchmarks"][0]
     rows = list(per_question(s).values())
     lo, hi = bootstrap(rows, resamples, seed)
-    return {"tau": s["tau"], "ci_low": lo, "ci_high": hi, "accept_rate": s["accept_rate"],
+    depth_ci = [list(bootstrap(rows, resamples, seed, numerator=2 + i)) for i in range(len(s["accept_rate"]))]
+    return {"tau": s["tau"], "ci_low": lo, "ci_high": hi, "accept_rate": s["accept_rate"], "accept_rate_ci": depth_ci,
             "accept_rate_conditional": s["accept_rate_conditional"], "questions": len(rows), "turns": s["turns"],
             "generated_tokens": s["generated_tokens"], "verify_steps": s["verify_steps"], "lossless": s["lossless"],
             "speedup": s["speedup"], "spec_tokens_per_s": s["spec_tokens_per_s"],

@@ -73,3 +73,12 @@ def test_verdict(parity):
     assert parity.verdict(a, {"tau": 1.38, "ci_low": 1.33, "ci_high": 1.43}) == "ours >= SpecForge's"
     assert parity.verdict(a, {"tau": 1.42, "ci_low": 1.37, "ci_high": 1.47}).startswith("parity")
     assert parity.verdict(a, {"tau": 1.60, "ci_low": 1.55, "ci_high": 1.65}) == "ours lower beyond the intervals"
+
+
+def test_depth_intervals_bracket_the_pooled_acceptance(parity):
+    s = summarize(_result(2, 30))
+    rows = list(parity.per_question(s).values())
+    for depth in range(3):
+        lo, hi = parity.bootstrap(rows, 2000, seed=1, numerator=2 + depth)
+        assert lo <= s["accept_rate"][depth] <= hi
+        assert 0.0 <= lo <= hi <= 1.0
