@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def validate_files(paths: list[Path], max_examples: int = 5, limits: RowLimits = DEFAULT_LIMITS) -> ValidationReport:
+def validate_files(paths: list[Path], max_examples: int = ValidateConfig.max_examples,
+                   limits: RowLimits = DEFAULT_LIMITS) -> ValidationReport:
     """Check every row of every file; unreadable files raise InputError (missing, wrong type)."""
     problems: dict[str, ProblemCount] = {}
     warnings: dict[str, ProblemCount] = {}
