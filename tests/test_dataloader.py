@@ -97,3 +97,12 @@ def test_workers_give_the_batches_of_the_source_in_the_global_order(source):
     next(stop)
     again = _drain(workers, 1)
     assert all(torch.equal(again[0][k], expected[1][0][k]) for k in again[0])
+
+
+def test_default_workers_follow_the_spare_cores_of_a_rank(monkeypatch):
+    from draftsmith.train import data
+
+    for cores, ranks, online, offline in ((2, 1, 0, 1), (2, 2, 0, 1), (16, 1, 0, 4), (96, 8, 0, 4), (8, 4, 0, 1)):
+        monkeypatch.setattr(data.os, "cpu_count", lambda: cores)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+        assert (data.default_workers("online"), data.default_workers("offline")) == (online, offline), (cores, ranks)

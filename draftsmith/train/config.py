@@ -35,7 +35,8 @@ class TrainConfig:
     max_length: int = option(2048, group="data", help="tokens per sample (longer ones are truncated)")
     num_workers: int | None = option(
         None, group="data", help="DataLoader worker processes that read, decode and pad batches ahead of the step "
-                                 "(default: 1 offline, 0 online; 0 = in the training process)")
+                                 "(default: offline one per spare CPU core of the rank, 1 to 4; online 0; 0 = in the "
+                                 "training process)")
     prefetch_factor: int = option(2, group="data", help="batches each DataLoader worker prepares ahead")
     packing: bool = option(
         False, group="data", help="pack several conversations into each row of up to --max-length tokens (positions, "

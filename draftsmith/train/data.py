@@ -157,9 +157,14 @@ class Collate:
 
 
 def default_workers(mode: str) -> int:
-    """`--num-workers` auto: offline one decoding worker (int4 decode and padding overlap the step;
-    bench/dataloader.py), online none (the main process runs the target; rows are cheap)."""
-    return 1 if mode == "offline" and (os.cpu_count() or 1) > 1 else 0
+    """`--num-workers` unset: online none (the main process runs the target; tokenized rows are
+    cheap); offline one worker per spare CPU core of this rank, 1 to 4 (the decode of an 8B
+    target's int4 features is ~7x a SmolLM2 one's per token, and a GPU step is short; on a
+    2-core CPU a single worker already keeps up, bench/dataloader.py)."""
+    if mode != "offline":
+        return 0
+    per_rank = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(4, per_rank - 1))
 
 
 class TrainLoader:
