@@ -77,6 +77,7 @@ class CheckpointManager:
     def __init__(self, output_dir: Path, info: dist.DistInfo):
         self.output_dir = Path(output_dir)
         self.info = info
+        _dcp()                  # an unsupported torch fails here, not at the first checkpoint
 
     def save(self, name: str, module: torch.nn.Module, draft, optimizer, scheduler, state: dict,
              config: dict) -> Path:
