@@ -292,3 +292,24 @@ def test_train_packing_online_runs_the_target_per_conversation(store, tmp_path):
     assert got["tokens"] == ref["tokens"] == sum(lengths)
     assert got["loss_k"] == pytest.approx(ref["loss_k"], rel=1e-5)
     assert got["acc_k"] == ref["acc_k"] and got["acc_k_draft_vocab"] == ref["acc_k_draft_vocab"]
+
+
+def test_resume_refuses_another_packing(store, tmp_path, capsys):
+    """Packed rows are other units of the sample order: a packed run resumes packed only (and
+    with the same row length); the refusal names --packing."""
+    from draftsmith.cli import run_command
+
+    out = tmp_path / "run"
+    base = _train_args(store, out, "--packing", "--batch-size", "1", "--max-steps", "1", "--save-interval", "1")
+    assert run_command("train", base) == 0
+    unpacked = [a for a in base if a != "--packing"] + ["--resume"]
+    assert run_command("train", unpacked) != 0
+    assert "--packing" in capsys.readouterr().err
+    i = base.index("--max-length")
+    shorter = base[:i + 1] + ["100"] + base[i + 2:] + ["--resume"]
+    assert run_command("train", shorter) != 0
+    assert "rows of 128, this run has --packing into rows of 100" in capsys.readouterr().err
+    j = base.index("--max-steps")
+    longer = base[:j + 1] + ["2"] + base[j + 2:] + ["--resume"]
+    assert run_command("train", longer) == 0
+    assert [r["step"] for r in _rows(out)] == [1, 2]

@@ -215,13 +215,20 @@ class Trainer:
     def save(self, name: str) -> Path:
         accum = self.cfg.gradient_accumulation_steps     # saved between optimizer steps only
         state = {"global_step": self.global_step, "epoch": self.epoch, "best": self.best.to_dict(),
-                 "data": self.order.position(self.epoch, self.batch_in_epoch // accum)}
+                 "data": {**self.order.position(self.epoch, self.batch_in_epoch // accum),
+                          "packed_rows_of": self.cfg.max_length if self.cfg.packing else None}}
         return self.checkpoints.save(name, self.module, self.draft, self.optimizer, self.scheduler, state,
                                      asdict(self.cfg))
 
     def load(self, path: Path) -> None:
         meta = self.checkpoints.load(path, self.module, self.optimizer, self.scheduler)
         self.order.check_resume(meta["data"], path)
+        saved, packed = meta["data"].get("packed_rows_of"), (self.cfg.max_length if self.cfg.packing else None)
+        if saved != packed:                  # packed rows are other units: another sample order
+            def what(n):
+                return f"--packing into rows of {n}" if n else "no --packing"
+            raise InputError(f"the checkpoint was trained with {what(saved)}, this run has {what(packed)}: the sample "
+                             "order would differ", path=path, field="--packing")
         self.global_step, self.epoch = meta["global_step"], meta["data"]["epoch"]
         self.batch_in_epoch = meta["data"]["step_in_epoch"] * self.cfg.gradient_accumulation_steps
         self.best = BestTracker.from_dict(meta.get("best"))
