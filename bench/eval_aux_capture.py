@@ -3,12 +3,15 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/eval_aux_capture.py [--draft-model-path cache/demo/default/draft]
         [--questions 2] [--max-new-tokens 48] [--draft-depth 5]
 
-Decodes the first MT-bench questions (both turns) speculatively twice per turn in one process:
+1. Decodes the first MT-bench questions (both turns) speculatively twice per turn in one process:
 with eval's capture (`AuxCapture`: forward pre-hooks on the aux layers, the one owner of aux
 capture) and with the capture eval used before it (`output_hidden_states=True`, every hidden
 state collected, kept here as the reference), alternating which goes first, so machine load
 hits both alike. Checks both emit the same tokens; reports the median over turns of the
 per-turn time ratio (reference / hooks: > 1 means hooks are faster) and each one's tokens/s.
+2. The cost at its source: `--forwards` pairs of one verify forward (K + 1 tokens over a cached
+prompt of `--context` tokens, the cache cropped back after each), one with the hooks and one with
+`output_hidden_states`, alternating; the median of the per-pair time ratio.
 Writes bench/results/eval_aux_capture.json.
 """
 
@@ -63,6 +66,43 @@ def decode(kind: str, model, draft, ids, cfg, aux_layers):
         spec_decode._Target = hooks
 
 
+@torch.inference_mode()
+def verify_forwards(model, aux_layers, pairs: int, context: int, tokens: int) -> list[float]:
+    """Per pair: seconds of a `tokens`-token forward over `context` cached tokens with output_hidden_states,
+    over the same forward with AuxCapture's hooks (alternating which runs first)."""
+    import time
+
+    from transformers import DynamicCache
+
+    from draftsmith.target.hf import AuxCapture
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (1, context + tokens), generator=gen)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :context], **_with_cache(model, cache), use_cache=True, logits_to_keep=1)
+    chunk, pos = ids[:, context:], torch.arange(context, context + tokens)[None]
+
+    def run(kind: str) -> float:
+        capture = AuxCapture.for_model(model, aux_layers) if kind == "hooks" else None
+        start = time.perf_counter()
+        out = model(input_ids=chunk, position_ids=pos, **_with_cache(model, cache), use_cache=True,
+                    output_hidden_states=kind != "hooks")
+        aux = capture.take() if capture else torch.cat([out.hidden_states[i] for i in aux_layers], dim=-1)
+        seconds = time.perf_counter() - start
+        if capture:
+            capture.close()
+        cache.crop(-tokens)                      # back to the cached prompt
+        assert aux.shape[1] == tokens
+        return seconds
+
+    ratios = []
+    for i in range(pairs):
+        order = ("hooks", "output_hidden_states") if i % 2 == 0 else ("output_hidden_states", "hooks")
+        seconds = {kind: run(kind) for kind in order}
+        ratios.append(seconds["output_hidden_states"] / seconds["hooks"])
+    return ratios
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target-model-path", default=None, help="default: the packaged SmolLM2-135M-Instruct")
@@ -70,6 +110,8 @@ def main() -> int:
     p.add_argument("--questions", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--draft-depth", type=int, default=5)
+    p.add_argument("--forwards", type=int, default=60, help="verify-forward pairs of part 2")
+    p.add_argument("--context", type=int, default=256, help="cached tokens before each verify forward")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args()
 
@@ -105,6 +147,7 @@ def main() -> int:
             turns.append(row)
             messages.append({"role": "assistant",
                              "content": tokenizer.decode(gens["hooks"].tokens, skip_special_tokens=True)})
+    forwards = verify_forwards(model, aux_layers, args.forwards, args.context, args.draft_depth + 1)
     result = {
         "what": "eval speculative decoding: aux features by AuxCapture hooks vs output_hidden_states, same process",
         "command": "python bench/eval_aux_capture.py " + " ".join(sys.argv[1:]),
@@ -113,6 +156,9 @@ def main() -> int:
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "target": Path(target).name, "draft": args.draft_model_path, "draft_depth": args.draft_depth,
         "turns": turns,
+        "verify_forward": {"pairs": args.forwards, "context": args.context, "tokens": args.draft_depth + 1,
+                           "median_ratio_output_hidden_states_over_hooks": statistics.median(forwards),
+                           "ratios": forwards},
         "all_same_tokens": all(r["same_tokens"] for r in turns),
         "median_ratio_output_hidden_states_over_hooks": statistics.median(r["ratio"] for r in turns),
         "tokens_per_s_hooks": sum(r["tokens"] for r in turns) / sum(r["hooks_s"] for r in turns),
@@ -121,6 +167,7 @@ def main() -> int:
     }
     write_json_atomic(args.output, result)
     print(json.dumps({k: v for k, v in result.items() if k != "turns"}, indent=2))
+    print("verify forward: median ratio", result["verify_forward"]["median_ratio_output_hidden_states_over_hooks"])
     return 0 if result["all_same_tokens"] else 1
 
 
