@@ -50,6 +50,7 @@ from draftsmith.data.rowerrors import NO_REPLY, NO_SUPERVISED
 from draftsmith.data.templates import HF, JinjaTemplate, TemplateError, get_template, template_names
 from draftsmith.errors import DraftsmithError, InputError, StrictRowError
 from draftsmith.fsutil import cache_key as fsutil_cache_key, file_digest, replace_dir, staging_dir, write_json_atomic
+from draftsmith.target.loading import load_tokenizer
 
 FORMAT_VERSION = 2  # 2: replies before the first user message are dropped (#16.4)
 MANIFEST = "draftsmith_build.json"
@@ -181,15 +182,6 @@ def cache_key(cfg: BuildConfig, tokenizer=None) -> str:
 
 
 # ------------------------------------------------------------------------------ workers
-def load_tokenizer(ref: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise DraftsmithError(f"cannot load tokenizer {ref!r}: {e}") from e
-
-
 def _stop_tokens(ref: str, tokenizer) -> list[str]:
     """End-of-generation tokens from generation_config.json beside the tokenizer, if any."""
     path = Path(ref) / "generation_config.json"

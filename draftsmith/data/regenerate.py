@@ -164,14 +164,14 @@ class Generator:
     """Batched left-padded generation with the target, with the stop tokens serving uses."""
 
     def __init__(self, cfg: RegenerateConfig, device: torch.device):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from draftsmith.target.loading import load_causal_lm, load_tokenizer
 
         dtype = resolve_dtype(cfg.dtype, device, "regenerate-data")
         try:
             path, trust = cfg.target_model_path, cfg.trust_remote_code
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-        except (OSError, ValueError, AttributeError) as e:
+            self.tokenizer = load_tokenizer(path, trust)
+            self.model = load_causal_lm(path, dtype, trust)
+        except AttributeError as e:
             raise DraftsmithError(f"cannot load target model {cfg.target_model_path}: {e}") from None
         self.model = self.model.to(device).eval()
         self.device = device

@@ -146,6 +146,6 @@ def target_vocab_size_of(model_or_tokenizer: str, trust_remote_code: bool = Fals
         size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
         if size:
             return int(size)
-    from draftsmith.data.build import load_tokenizer
+    from draftsmith.target.loading import load_tokenizer
 
     return len(load_tokenizer(model_or_tokenizer, trust_remote_code))
