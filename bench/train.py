@@ -231,7 +231,7 @@ def real_mask(seq: int) -> tuple[list[int], float]:
             if len(rows) >= 8:
                 break
         conv.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    built = build_dataset(BuildConfig(data_path=str(conv), tokenizer=str(resources.smollm2_dir()),
+    built = build_dataset(BuildConfig(data_path=str(conv), target_model_path=str(resources.smollm2_dir()),
                                       chat_template="hf", max_length=seq))
     for row in load_from_disk(str(built.path)):
         if len(row["loss_mask"]) >= seq:
@@ -368,12 +368,20 @@ class CodecRoundTrip:
         return len(self.source)
 
     def batch(self, indices, device):
-        batch = self.source.batch(indices, device)
+        return self.finish(self.collate([self.item(i) for i in indices]), device)
+
+    def item(self, i):                       # the trainer's DataLoader steps (draftsmith/train/data.py)
+        item = self.source.item(i)
         for name in ("aux_hidden_states", "hidden_state"):
-            x = batch[name]
-            flat = x.reshape(-1, x.shape[-1])
-            batch[name] = self.codec.decode(self.codec.encode(flat), flat.shape[-1]).reshape(x.shape).to(x.dtype)
-        return batch
+            x = item[name]
+            item[name] = self.codec.decode(self.codec.encode(x), x.shape[-1]).to(x.dtype)
+        return item
+
+    def collate(self, items, row_sizes=None):
+        return self.source.collate(items, row_sizes)
+
+    def finish(self, batch, device, row_sizes=None):
+        return self.source.finish(batch, device, row_sizes)
 
 
 def quality(args) -> dict:
@@ -405,7 +413,7 @@ def quality(args) -> dict:
     for split, part in splits.items():
         path = work / f"sharegpt_{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
-        built[split] = build_dataset(BuildConfig(data_path=str(path), tokenizer=model, chat_template="hf",
+        built[split] = build_dataset(BuildConfig(data_path=str(path), target_model_path=model, chat_template="hf",
                                                  max_length=args.max_length)).path
     out = {"what": "held-out simulated tau after the same offline training budget, per feature codec",
            "model": "SmolLM2-135M-Instruct", "train_conversations": len(splits["train"]),
