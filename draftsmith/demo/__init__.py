@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
         (run_dir / STATE_FILE).unlink(missing_ok=True)
     print(f"draftsmith demo: run folder {run_dir} (rerun the same command to resume after an interruption)",
           flush=True)
+    plan_text = None
+    if cfg.budget is not None:     # sizes num_samples / num_epochs to the time budget (demo/budget.py)
+        from draftsmith.demo.budget import apply_budget
+        from draftsmith.demo.settings import _given
+
+        cfg, plan_text = apply_budget(cfg, run_dir, _given(args))
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         state = run_stages(cfg, run_dir, STAGES)
@@ -68,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary, folder = write_report(state, run_dir)
+    if plan_text:
+        from draftsmith.demo.budget import add_to_report
+
+        add_to_report(folder, plan_text)
     print()
     print(format_table(summary))
     print(f"\nreport: {folder}/ (demo_report.md, demo_report.json, plots)")

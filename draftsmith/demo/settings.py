@@ -31,6 +31,10 @@ class DemoConfig:
                                           "cache/demo/default, or cache/demo/quick with --quick")
     overwrite: bool = option(False, group="run", deprecated=("--restart",),
                              help="forget the stage state and redo every stage (the converted model stays cached)")
+    budget: float | None = option(None, group="run", metavar="MINUTES",
+                                  help="size the data (--num-samples) and --num-epochs so the whole run fits "
+                                       "MINUTES on this machine, from its measured throughput; the report gives "
+                                       "the tau expected at that size and at twice the budget (demo/budget.py)")
     target_model_path: str | None = option(None, group="run", help="HF model folder to train a draft for "
                                                                    "(default: the packaged SmolLM2-135M-Instruct)")
     device: str = option("auto", group="run", help="cpu, cuda, cuda:N or auto (CUDA when present)")
@@ -68,6 +72,8 @@ class DemoConfig:
                      "num_questions", "max_new_tokens", "hidden_states_batch_size"):
             if getattr(self, name) < 1:
                 raise DraftsmithError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.budget is not None and self.budget <= 0:
+            raise DraftsmithError(f"--budget must be a positive number of minutes, got {self.budget}")
         if self.draft_depth < 0:
             raise DraftsmithError(f"--draft-depth must be at least 0, got {self.draft_depth}")
         if self.regenerate < 0:

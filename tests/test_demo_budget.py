@@ -1,0 +1,122 @@
+"""demo --budget sizing (draftsmith/demo/budget.py): the plan fits the budget and uses it.
+
+Pure arithmetic on given throughputs; no model runs, no wall-clock assertion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from draftsmith.demo import budget
+from draftsmith.demo.budget import DataShape, Throughput, TauFit, eval_seconds, plan_budget
+from draftsmith.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+TP = Throughput(hidden_states_tok_s=500.0, train_tok_s=300.0, plain_tok_s=15.0, spec_step_s=0.1, load_s=5.0)
+SHAPE = DataShape(tokens_per_sample=470.0, supervised_per_sample=345.0, kept_ratio=0.886, available=5000)
+FIT = TauFit(a=1.0, b=0.03, lo_tokens=5_000, hi_tokens=300_000, source="test")
+EVAL = dict(num_questions=10, max_new_tokens=128)
+
+
+def cost(conversations: int, epochs: int, tp: Throughput = TP, shape: DataShape = SHAPE, spent: float = 0.0) -> float:
+    """The reference cost of a plan, written out independently of plan_budget."""
+    per_hs = shape.tokens_per_sample / tp.hidden_states_tok_s
+    per_train = shape.tokens_per_sample / tp.train_tok_s
+    eval_tokens = 2 * 10 * 128
+    return (conversations * per_hs + conversations * epochs * per_train + eval_tokens / tp.plain_tok_s
+            + eval_tokens * tp.spec_step_s + 4 * tp.load_s + spent)
+
+
+@pytest.mark.parametrize("minutes", [15, 20, 30, 60, 120])
+def test_plan_fits_the_budget_and_uses_it(minutes):
+    b = minutes * 60.0
+    plan = plan_budget(b, TP, SHAPE, fit=FIT, spent_s=30.0, **EVAL)
+    assert plan.num_epochs == 1                       # the data pool is not exhausted at these budgets
+    assert plan.total_s == pytest.approx(cost(plan.conversations, 1, spent=30.0))
+    assert plan.total_s <= b                          # fits
+    assert cost(plan.conversations + 1, 1, spent=30.0) > b      # one more conversation would not
+    assert plan.trained_tokens == int(plan.conversations * SHAPE.supervised_per_sample)
+    assert plan.num_samples * SHAPE.kept_ratio >= plan.conversations - 1e-9  # enough asked for to keep that many
+    assert plan.expected_tau == pytest.approx(FIT.a + FIT.b * __import__("math").log2(plan.trained_tokens))
+
+
+def test_small_pool_spends_the_rest_on_epochs():
+    shape = DataShape(tokens_per_sample=470.0, supervised_per_sample=345.0, kept_ratio=0.5, available=200)
+    b = 60 * 60.0
+    plan = plan_budget(b, TP, shape, fit=FIT, **EVAL)
+    assert plan.conversations == 100                  # every available conversation kept
+    assert 1 < plan.num_epochs <= budget.MAX_EPOCHS
+    assert cost(100, plan.num_epochs, shape=shape) <= b
+    if plan.num_epochs < budget.MAX_EPOCHS:
+        assert cost(100, plan.num_epochs + 1, shape=shape) > b
+    assert plan.num_samples == 200
+
+
+def test_twice_the_budget_buys_more_and_the_fit_says_how_much():
+    one = plan_budget(20 * 60.0, TP, SHAPE, fit=FIT, **EVAL)
+    two = plan_budget(40 * 60.0, TP, SHAPE, fit=FIT, **EVAL)
+    assert two.trained_tokens > 2 * one.trained_tokens   # the eval is a fixed cost: 2x budget > 2x data
+    assert two.expected_tau > one.expected_tau
+    text = budget.describe(one, two, FIT)
+    assert f"{one.expected_tau:.2f}" in text and f"{two.expected_tau:.2f}" in text
+
+
+def test_extrapolation_is_marked():
+    plan = plan_budget(600 * 60.0, TP, SHAPE, fit=FIT, **EVAL)
+    assert plan.trained_tokens > FIT.hi_tokens and plan.extrapolated
+    assert "extrapolated" in budget.describe(plan, None, FIT)
+
+
+def test_too_small_a_budget_is_an_input_error_naming_the_flag():
+    b = eval_seconds(TP, **EVAL) + 4 * TP.load_s + 1.0          # the eval fits, no conversation does
+    with pytest.raises(InputError, match="--budget"):
+        plan_budget(b, TP, SHAPE, fit=FIT, **EVAL)
+
+
+def test_regenerate_costs_generation_per_conversation():
+    plain = plan_budget(30 * 60.0, TP, SHAPE, fit=FIT, **EVAL)
+    regen = plan_budget(30 * 60.0, TP, SHAPE, fit=FIT, regenerate=128, **EVAL)
+    assert regen.conversations < plain.conversations
+    assert regen.seconds["regenerate-data"] == pytest.approx(regen.conversations * 128 / TP.plain_tok_s)
+    assert regen.total_s <= 30 * 60.0
+
+
+def test_shipped_fit_is_the_measured_one():
+    """budget.TAU_FIT carries the fit of bench/results/tau_curve_sharegpt.json (not a stale copy)."""
+    file, _, key = budget.TAU_FIT.source.partition("#")
+    fit = json.loads((ROOT / file).read_text())["fits"][key]
+    assert budget.TAU_FIT.a == pytest.approx(fit["a"], abs=5e-4)
+    assert budget.TAU_FIT.b == pytest.approx(fit["b"], abs=5e-5)
+    assert (budget.TAU_FIT.lo_tokens, budget.TAU_FIT.hi_tokens) == (fit["lo_tokens"], fit["hi_tokens"])
+
+
+def test_apply_budget_sizes_the_config_and_reuses_its_plan(tmp_path, monkeypatch):
+    """The demo's use, with the measurements faked: num_samples/num_epochs set, the plan saved and reused."""
+    from draftsmith.demo.settings import DemoConfig
+
+    calls = []
+
+    def fake_shape(cfg, run_dir):
+        calls.append("shape")
+        return SHAPE, "model"
+
+    monkeypatch.setattr(budget, "measure_shape", fake_shape)
+    monkeypatch.setattr(budget, "calibrate", lambda *a, **k: TP)
+    cfg = DemoConfig(budget=30.0, device="cpu")
+    sized, text = budget.apply_budget(cfg, tmp_path, set())
+    saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
+    spent = saved["plan"]["seconds"]["calibration"]           # the real seconds the fake measuring took
+    plan = plan_budget(30 * 60.0, TP, SHAPE, num_questions=cfg.num_questions, max_new_tokens=cfg.max_new_tokens,
+                       spent_s=spent)
+    assert (sized.num_samples, sized.num_epochs) == (plan.num_samples, plan.num_epochs)
+    assert sized.num_samples != cfg.num_samples and f"{sized.num_samples} conversations" in text
+    assert saved["plan"]["total_s"] == pytest.approx(plan.total_s) and plan.total_s <= 30 * 60.0
+    again, text2 = budget.apply_budget(cfg, tmp_path, set())      # a rerun (resume) measures nothing
+    assert calls == ["shape"] and again == sized and text2 == text
+    other, _ = budget.apply_budget(DemoConfig(budget=60.0, device="cpu"), tmp_path, set())
+    assert calls == ["shape", "shape"] and other.num_samples > sized.num_samples
+    with pytest.raises(InputError, match="--num-samples"):
+        budget.apply_budget(cfg, tmp_path, {"num_samples"})
