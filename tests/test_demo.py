@@ -214,3 +214,15 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
     rows = [json.loads(line) for line in Path(replies["train_jsonl"]).read_text().splitlines()]
     assert len(rows) == replies["written"] > 0
     assert len(datasets.load_from_disk(str(run_dir / "dataset"))) == replies["written"]   # tokenized: those rows
+
+
+def test_keys_of_a_run_folder_made_before_the_settings_were_renamed():
+    """Stage keys hash the settings under their state-version-1 names (num_conversations, epochs,
+    num_steps, eval_questions; aux_layers as "i,j,k"), so a run folder of an earlier release resumes.
+    The keys below are what draftsmith/demo.py computed at 18ad676, before the renames."""
+    assert demo.stage_keys(demo.DEFAULT, demo.STAGES) == {
+        "model": "4658b35ee467f3eb", "prepare-data": "8b9c1bbfcf818132", "regenerate-data": "8269a5a61e3d6a0b",
+        "build-dataset": "4ca382a18b22f4db", "hidden-states": "f30da5b7d9b2b8b0", "train": "e28d8cec8129df5c",
+        "export": "fe8ce9aa2385beba", "eval": "438a68136c10f8b9"}
+    quick = replace(demo.QUICK, aux_layers=[1, 2, 3], regenerate=16)
+    assert demo.stage_keys(quick, demo.STAGES)["eval"] == "60008387a4aabf65"
