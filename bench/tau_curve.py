@@ -1,8 +1,8 @@
 """τ per training budget: acceptance length against supervised training tokens × epochs (#15 §2).
 
     python bench/tau_curve.py run --name sharegpt --features cache/demo/default/features \
-        --dataset cache/demo/default/dataset --holdout 40 \
-        --points 25x1 50x1 100x1 200x1 403x1 403x2 --real 25x1 100x1 403x1
+        --dataset cache/demo/default/dataset --holdout 32 \
+        --points 12x1 25x1 50x1 100x1 200x1 [--real 12x1 ...] [--with-plain]
     python bench/tau_curve.py report --name sharegpt [--name own ...]
 
 `run` trains one draft per budget point `NxE` (the first N conversations of a fixed seeded
@@ -16,15 +16,19 @@ Each point records:
   full-vocab argmax as a server verifies, TTT 3 steps so at most 4);
 - `proxy_tau`: bench/tau_proxy.py's measure, teacher-forced K = 5 steps on the target's own
   greedy replies to the first turn of the MT-bench questions;
-- at the `--real` points, `real_tau` / `real_tau_sglang`: `draftsmith eval` (real speculative
-  decoding of both turns of the same MT-bench questions, K = 5 chain, `--max-new-tokens`).
+- at the `--real` points, `real_tau` / `real_tau_sglang`: real speculative decoding of both turns
+  of the same MT-bench questions (K = 5 chain, `--max-new-tokens`), counted as `draftsmith eval`
+  counts; `--with-plain` runs `draftsmith eval` itself (plus the plain baseline: speed-up and the
+  lossless check, which do not enter τ), the default skips the baseline (real_tau's docstring).
 
 A point's result is cache/bench/tau_curve/<name>/<N>x<E>/result.json; a point whose result
 exists is skipped, so a stopped run restarts where it was. The draft is trained in this
 process (the nested subset is set on the trainer's sources; the rest is `draftsmith train`'s
 own code path); export and eval run as `draftsmith` subprocesses.
 
-`report` gathers the points into bench/results/tau_curve_<name>.json and one figure
+`report` also lists `EARLIER` drafts of the same recipe whose proxy and real τ are on file (the
+demo runs of docs/benchmarks.md §6), for the proxy-vs-real correlation and as out-of-sample
+checks of the fit. It gathers the points into bench/results/tau_curve_<name>.json and one figure
 bench/results/tau_curve.png: each τ against log2(supervised tokens × epochs), the least-squares
 fit τ = a + b·log2(tokens) (b = what doubling the supervised tokens buys) with its residuals, and
 the proxy against real decoding where both were measured (their Pearson correlation).
@@ -64,7 +68,7 @@ def point_name(n: int, e: int) -> str:
 
 def loadavg() -> str:
     try:
-        return Path("/proc/loadavg").read_text().split(" tasks")[0].rsplit(" ", 1)[0]
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
 
@@ -276,7 +280,8 @@ def fit_log2(tokens: list[float], tau: list[float]) -> dict:
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return {"a": float(a), "b": float(b), "residuals": [float(v) for v in y - pred],
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "points": len(y)}
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "points": len(y),
+            "lo_tokens": int(min(tokens)), "hi_tokens": int(max(tokens))}
 
 
 def predict(fit: dict, tokens: float) -> float:
@@ -313,6 +318,9 @@ def gather(args, name: str) -> dict:
         pts = [(r["trained_tokens"], r["proxy_tau"]) for r in rows] + [(r["trained_tokens"], r["proxy_tau"])
                                                                       for r in same]
         fits["proxy_tau_with_earlier"] = fit_log2(*zip(*pts))
+        pts = [(r["trained_tokens"], r["real_tau"]) for r in rows + same if r.get("real_tau") is not None]
+        if len(pts) >= 3 and max(p[0] for p in pts) >= 4 * min(p[0] for p in pts):   # a span to fit a slope on
+            fits["real_tau_with_earlier"] = fit_log2(*zip(*pts))
     summary = {"name": name, "points": rows, "fits": fits, "earlier": earlier,
                "pearson_proxy_real_all": pearson(*zip(*pairs)) if len(pairs) >= 3 else None,
                "proxy_real_pairs": len(pairs),
@@ -371,7 +379,8 @@ def table(summary: dict) -> str:
     for r in summary["points"]:
         real = f"{r['real_tau']:.3f}" if r.get("real_tau") is not None else "–"
         lines.append(f"| {r['conversations']} × {r['epochs']} | {r['trained_tokens']:,} | {r['heldout_tau']:.3f} | "
-                     f"{r['proxy_tau']:.3f} | {real} | {r['train_seconds'] / 60:.1f} min | {r['load_before']} |")
+                     f"{r['proxy_tau']:.3f} | {real} | {r['train_seconds'] / 60:.1f} min | "
+                     f"{' '.join(r['load_before'].split()[:3])} |")
     return "\n".join(lines)
 
 
@@ -397,6 +406,18 @@ def plot(summaries: list[dict], path: Path) -> None:
                 xs = np.geomspace(min(x), max(x), 50)
                 ax.plot(xs, f["a"] + f["b"] * np.log2(xs), color=color, lw=0.8,
                         ls={"proxy_tau": "-", "heldout_tau": "--", "real_tau": ":"}[key])
+        same = [r for r in s.get("earlier", []) if r["replies"] == s["name"]]
+        if same:
+            ax.scatter([r["trained_tokens"] for r in same], [r["proxy_tau"] for r in same], marker="o",
+                       facecolors="none", edgecolors=color, s=40, label=f"{s['name']}: proxy τ, earlier demo drafts")
+            real = [r for r in same if r["real_tau"] is not None]
+            ax.scatter([r["trained_tokens"] for r in real], [r["real_tau"] for r in real], marker="*",
+                       facecolors="none", edgecolors=color, s=90, label=f"{s['name']}: real τ, earlier demo drafts")
+        if "proxy_tau_with_earlier" in s["fits"]:
+            f = s["fits"]["proxy_tau_with_earlier"]
+            xs = np.geomspace(min(r["trained_tokens"] for r in s["points"]),
+                              max(r["trained_tokens"] for r in s["points"] + same), 50)
+            ax.plot(xs, f["a"] + f["b"] * np.log2(xs), color=color, lw=0.8, ls="-.")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("supervised training tokens × epochs")
     ax.set_ylabel("acceptance length τ")
