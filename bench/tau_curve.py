@@ -393,13 +393,15 @@ def plot(summaries: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = {"proxy_tau": ("o", "proxy τ (MT-bench own replies, K=5)"),
               "heldout_tau": ("s", "held-out simulated τ (K=3)"), "real_tau": ("*", "real decoding τ (K=5)")}
-    for s, color in zip(summaries, ("C0", "C1", "C2", "C3")):
+    colors = {"proxy_tau": "C0", "heldout_tau": "C1", "real_tau": "C3"}
+    for s, shade in zip(summaries, (1.0, 0.55, 0.3)):
         for key, (marker, label) in styles.items():
+            color = colors[key]
             pts = [(r["trained_tokens"], r[key]) for r in s["points"] if r.get(key) is not None]
             if not pts:
                 continue
             x, y = zip(*pts)
-            ax.scatter(x, y, marker=marker, color=color, s=70 if marker == "*" else 30,
+            ax.scatter(x, y, marker=marker, color=color, alpha=shade, s=90 if marker == "*" else 30,
                        label=f"{s['name']}: {label}")
             if key in s["fits"]:
                 f = s["fits"][key]
@@ -409,15 +411,21 @@ def plot(summaries: list[dict], path: Path) -> None:
         same = [r for r in s.get("earlier", []) if r["replies"] == s["name"]]
         if same:
             ax.scatter([r["trained_tokens"] for r in same], [r["proxy_tau"] for r in same], marker="o",
-                       facecolors="none", edgecolors=color, s=40, label=f"{s['name']}: proxy τ, earlier demo drafts")
+                       facecolors="none", edgecolors=colors["proxy_tau"], s=40, label=f"{s['name']}: proxy τ, earlier demo drafts")
             real = [r for r in same if r["real_tau"] is not None]
             ax.scatter([r["trained_tokens"] for r in real], [r["real_tau"] for r in real], marker="*",
-                       facecolors="none", edgecolors=color, s=90, label=f"{s['name']}: real τ, earlier demo drafts")
+                       facecolors="none", edgecolors=colors["real_tau"], s=90, label=f"{s['name']}: real τ, earlier demo drafts")
         if "proxy_tau_with_earlier" in s["fits"]:
             f = s["fits"]["proxy_tau_with_earlier"]
             xs = np.geomspace(min(r["trained_tokens"] for r in s["points"]),
                               max(r["trained_tokens"] for r in s["points"] + same), 50)
-            ax.plot(xs, f["a"] + f["b"] * np.log2(xs), color=color, lw=0.8, ls="-.")
+            ax.plot(xs, f["a"] + f["b"] * np.log2(xs), color=colors["proxy_tau"], lw=0.8, ls="-.",
+                    label=f"{s['name']}: proxy fit with the earlier drafts (b = {f['b']:.3f})")
+        if "real_tau_with_earlier" in s["fits"]:
+            f = s["fits"]["real_tau_with_earlier"]
+            xs = np.geomspace(f["lo_tokens"], f["hi_tokens"], 50)
+            ax.plot(xs, f["a"] + f["b"] * np.log2(xs), color=colors["real_tau"], lw=0.8, ls=":",
+                    label=f"{s['name']}: real-decoding fit (b = {f['b']:.3f})")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("supervised training tokens × epochs")
     ax.set_ylabel("acceptance length τ")
