@@ -379,12 +379,13 @@ def read_checkpoint(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch
 
 
 def load_target_config(target_model_path: str | Path, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoConfig
+    from draftsmith.errors import DraftsmithError
+    from draftsmith.target.loading import load_config
 
     try:
-        return AutoConfig.from_pretrained(str(target_model_path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read the target config ({e})", path=target_model_path) from None
+        return load_config(target_model_path, trust_remote_code)
+    except DraftsmithError as e:
+        raise InputError(f"cannot read the target config ({e.__cause__})", path=target_model_path) from None
 
 
 def check_folder(folder: str | Path, target_config: Any = None) -> CheckReport:
@@ -477,10 +478,9 @@ def export_checkpoint(cfg: ExportConfig) -> CheckReport:
 
 
 def _target_embeddings(target_model_path: Path, trust_remote_code: bool) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
+    from draftsmith.target.loading import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(str(target_model_path), dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code)
+    model = load_causal_lm(target_model_path, torch.float32, trust_remote_code)
     return model.get_input_embeddings().weight.detach().clone()
 
 

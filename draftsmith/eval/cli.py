@@ -26,6 +26,7 @@ from draftsmith.eval import benchmarks as bench
 from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
 from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
 from draftsmith.target.dtype import CHOICES, choose_dtype, resolve_dtype
+from draftsmith.target.loading import load_tokenizer
 from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
 
 
@@ -73,21 +74,15 @@ CONFIG = EvalConfig
 
 
 def load_models(cfg: EvalConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from draftsmith.draft.model import Eagle3Draft
     from draftsmith.export import check_folder
+    from draftsmith.target.loading import load_causal_lm
 
     dtype = resolve_dtype(cfg.dtype, cfg.device, "eval", what="target and draft", exact=True)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DraftsmithError("--device cuda asked for, but CUDA is not available")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(cfg.target_model_path), dtype=dtype,
-                                                     trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise DraftsmithError(f"cannot load target model {cfg.target_model_path}: {e}") from None
-    model = model.to(cfg.device).eval()
+    tokenizer = load_tokenizer(cfg.target_model_path, cfg.trust_remote_code)
+    model = load_causal_lm(cfg.target_model_path, dtype, cfg.trust_remote_code).to(cfg.device)
     if cfg.draft_model_path is None:
         return tokenizer, model, None
     report = check_folder(cfg.draft_model_path, model.config)
@@ -176,9 +171,7 @@ def run(args: argparse.Namespace) -> int:
     for name in cfg.benchmarks:
         bench.load(name, 0)   # fail on a bad benchmark name before loading models
     if cfg.backend == "sglang":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(cfg.target_model_path), trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.target_model_path, cfg.trust_remote_code)
         report = evaluate_sglang(cfg, tokenizer)
         from draftsmith.fsutil import write_json_atomic
 

@@ -95,9 +95,9 @@ def _target_config(cfg: MemoryConfig):
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"cannot read the target config: {e}", path=path, field="--target-config") from None
     if cfg.target_model_path:
-        from transformers import AutoConfig
+        from draftsmith.target.loading import load_config
 
-        return AutoConfig.from_pretrained(cfg.target_model_path)
+        return load_config(cfg.target_model_path)
     raise InputError("give --target-model-path or --target-config", field="--target-config")
 
 
