@@ -1,5 +1,7 @@
 """τ per training budget: acceptance length against supervised training tokens × epochs (#15 §2).
 
+(One file over ~400 lines: the runs, the fit and the figure of one benchmark, like bench/'s other scripts.)
+
     python bench/tau_curve.py run --name sharegpt --features cache/demo/default/features \
         --dataset cache/demo/default/dataset --holdout 32 \
         --points 12x1 25x1 50x1 100x1 200x1 [--real 12x1 ...] [--with-plain]
@@ -411,10 +413,12 @@ def plot(summaries: list[dict], path: Path) -> None:
         same = [r for r in s.get("earlier", []) if r["replies"] == s["name"]]
         if same:
             ax.scatter([r["trained_tokens"] for r in same], [r["proxy_tau"] for r in same], marker="o",
-                       facecolors="none", edgecolors=colors["proxy_tau"], s=40, label=f"{s['name']}: proxy τ, earlier demo drafts")
+                       facecolors="none", edgecolors=colors["proxy_tau"], s=40,
+                       label=f"{s['name']}: proxy τ, earlier demo drafts")
             real = [r for r in same if r["real_tau"] is not None]
             ax.scatter([r["trained_tokens"] for r in real], [r["real_tau"] for r in real], marker="*",
-                       facecolors="none", edgecolors=colors["real_tau"], s=90, label=f"{s['name']}: real τ, earlier demo drafts")
+                       facecolors="none", edgecolors=colors["real_tau"], s=90,
+                       label=f"{s['name']}: real τ, earlier demo drafts")
         if "proxy_tau_with_earlier" in s["fits"]:
             f = s["fits"]["proxy_tau_with_earlier"]
             xs = np.geomspace(min(r["trained_tokens"] for r in s["points"]),

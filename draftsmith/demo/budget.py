@@ -53,7 +53,7 @@ class TauFit:
 # demo's hyper-parameters: nested subsets 1 epoch + the earlier demo drafts up to 306k tokens; real decoding
 # measured within ±0.03 of the proxy, docs/benchmarks.md §6.2); tests/test_demo_budget.py checks these
 # against that file. Another target or data: the fit does not transfer; rerun bench/tau_curve.py.
-TAU_FIT = TauFit(a=0.5288, b=0.04458, lo_tokens=4747, hi_tokens=305940,
+TAU_FIT = TauFit(a=0.5664, b=0.04235, lo_tokens=2657, hi_tokens=305940,
                  source="bench/results/tau_curve_sharegpt.json#proxy_tau_with_earlier")
 
 
