@@ -1,7 +1,8 @@
 """The training core shared by online and offline training: one loop, read top to bottom.
 
 A feature source (train/sources.py `build_sources`: online target or offline store, and the
-held-out split) turns sample indices into batches; `ttt_forward` (train/ttt.py) unrolls the
+held-out split) turns sample indices into batches; `build_draft` (train/draft_setup.py) makes
+the draft over its vocabulary; `ttt_forward` (train/ttt.py) unrolls the
 draft; AdamW with linear warmup and a cosine decay steps it. Around the loop, one part per
 job: `parallelize` (train/parallel.py: DDP or FSDP2 under torchrun, from outside the
 draft), `CheckpointManager` (train/checkpoint.py: `step_<N>/`, `best/`, `final/` — each a
@@ -32,7 +33,6 @@ counted once, in the loss and in the logged token and row counts (`_reduce`).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict
@@ -41,8 +41,6 @@ from pathlib import Path
 import torch
 
 from draftsmith import dist
-from draftsmith.data.vocab import vocab_digest
-from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.errors import InputError
 from draftsmith.fsutil import write_json_atomic
@@ -51,11 +49,12 @@ from draftsmith.target.dtype import resolve_autocast, resolve_dtype
 from draftsmith.train.checkpoint import CheckpointManager
 from draftsmith.train.config import TrainConfig
 from draftsmith.train.data import DataOrder, TrainLoader, default_workers, epoch_batches  # noqa: F401 (epoch_batches: API)
+from draftsmith.train.draft_setup import build_draft
 from draftsmith.train.evaluate import BestTracker, decode_tau, selection_figure
 from draftsmith.train.metrics import MetricsLogger
 from draftsmith.train.packing import PackedUnits
 from draftsmith.train.parallel import parallelize
-from draftsmith.train.sources import SourceSetup, build_sources, store_token_counts
+from draftsmith.train.sources import build_sources
 from draftsmith.train.ttt import step_counts, summarize, ttt_forward
 
 log = get_logger(__name__)
@@ -116,7 +115,7 @@ class Trainer:
         self.setup = build_sources(cfg, self.info, self.dtype)
         self.train_source, self.eval_source, self.target = self.setup.train, self.setup.eval, self.setup.target
         self._check_eval_options()
-        self.draft, target_head, full_head = self._build_draft(self.setup)
+        self.draft, target_head, full_head = build_draft(cfg, self.setup, self.info)
         attention = cfg.attention
         if attention == "auto":
             attention = "flex" if self.device.type == "cuda" else "blockwise"
@@ -152,64 +151,6 @@ class Trainer:
         if cfg.eval_decode and cfg.parallel == "fsdp" and self.info.world_size > 1:
             raise InputError("real decoding during training needs the whole draft on one rank: use --parallel ddp",
                              field="--eval-decode")
-
-    def _build_draft(self, setup: SourceSetup) -> tuple[Eagle3Draft, torch.Tensor | None, torch.Tensor | None]:
-        """The draft over its vocabulary, and the target lm_head rows of the draft vocab (the
-        hidden signal's projection) and the whole lm_head (its full-vocab argmax, train/ttt.py)."""
-        cfg = self.cfg
-        if setup.topk_draft_vocab is not None:
-            if cfg.draft_vocab_size != setup.topk_draft_vocab:
-                log.info("the top-K store was made over a %d-token draft vocab; using it", setup.topk_draft_vocab)
-            cfg.draft_vocab_size = setup.topk_draft_vocab
-        vd = min(cfg.draft_vocab_size, setup.vocab_size)
-        d2t, t2d = self._vocab_mapping(setup, vd)
-        if setup.topk_draft_vocab is not None:
-            want, got = setup.store.draft_vocab_digest, vocab_digest(torch.arange(vd) + d2t)
-            if want and want != got:
-                raise InputError("the store's top-K draft vocabulary differs from the one built from the data "
-                                 "(give the --train-data-path the store was made from)",
-                                 path=cfg.train_hidden_states_path, field="draft_vocab")
-        overrides = None
-        if cfg.draft_model_config:
-            try:
-                overrides = json.loads(Path(cfg.draft_model_config).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise InputError(f"cannot read draft config overrides: {e}", path=cfg.draft_model_config,
-                                 field="--draft-model-config") from None
-        dcfg = Eagle3Config.from_target_config(setup.target_config, draft_vocab_size=vd,
-                                               aux_layer_ids=setup.aux_layers, overrides=overrides)
-        dcfg.dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        torch.manual_seed(cfg.seed)
-        draft = Eagle3Draft(dcfg).to(self.device)
-        draft.set_vocab_mapping(d2t.to(self.device), t2d.to(self.device))
-        draft.load_embeddings(setup.embed.to(self.device))
-        target_head = full_head = None
-        lm_head = setup.lm_head
-        if self.train_source.signal == "hidden":
-            target_head = lm_head.index_select(0, draft.draft_to_target.to(lm_head.device)).to(self.device).detach()
-            if vd < setup.vocab_size:
-                full_head = lm_head.to(self.device).detach()
-        for name, source in (("train", self.train_source), ("eval", self.eval_source)):
-            if source is not None and not source.has_target_argmax and vd < setup.vocab_size:
-                log.warning("the %s top-K store predates stored full-vocab argmaxes: its served tau is unknown "
-                            "(reported as null; tau_draft_vocab overstates it). Rerun hidden-states to get it.",
-                            name)
-        return draft, target_head, full_head
-
-    def _vocab_mapping(self, setup: SourceSetup, vd: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if vd >= setup.vocab_size:
-            return torch.zeros(setup.vocab_size, dtype=torch.long), torch.ones(setup.vocab_size, dtype=torch.bool)
-        from draftsmith.data.vocab import build_vocab_mapping, mapping_from_counts
-
-        if setup.data_dir is None:    # a hidden-state store alone: the same selection over its rows
-            vm = mapping_from_counts(*store_token_counts(setup.store, setup.vocab_size), setup.vocab_size, vd)
-            return vm.d2t, vm.t2d
-        if self.info.is_main:
-            vm = build_vocab_mapping(str(setup.data_dir), target_vocab_size=setup.vocab_size, draft_vocab_size=vd)
-        dist.barrier()
-        if not self.info.is_main:
-            vm = build_vocab_mapping(str(setup.data_dir), target_vocab_size=setup.vocab_size, draft_vocab_size=vd)
-        return vm.d2t.long(), vm.t2d.bool()
 
     # .. checkpoints ..
     def save(self, name: str) -> Path:
@@ -301,8 +242,7 @@ class Trainer:
         value = None
         if self.info.is_main:
             if self._decoder is None:
-                from transformers import AutoTokenizer
-
+                from draftsmith.target.loading import load_tokenizer
                 from draftsmith.target.prompting import eos_ids
 
                 if self.target is not None:
@@ -312,8 +252,7 @@ class Trainer:
 
                     model = load_target(self.setup.model_path, dtype=self.dtype, device=self.device,
                                         trust_remote_code=self.cfg.trust_remote_code, stage="train").model
-                tokenizer = AutoTokenizer.from_pretrained(self.setup.model_path,
-                                                          trust_remote_code=self.cfg.trust_remote_code)
+                tokenizer = load_tokenizer(self.setup.model_path, self.cfg.trust_remote_code)
                 self._decoder = (model, eos_ids(tokenizer, model))
             model, eos = self._decoder
             n = min(self.cfg.eval_decode, len(self.eval_source))
