@@ -274,11 +274,11 @@ def load_target(model_path: str, dtype: torch.dtype | str = "auto", device: str 
     of a group must run the same forwards (they exchange activations), and each gets the full
     features. See docs/feature-store.md ("Distributed").
     """
-    from transformers import AutoModelForCausalLM
+    from draftsmith.target.loading import load_causal_lm
 
     if not isinstance(dtype, torch.dtype):
         dtype = resolve_dtype(dtype, device, stage)
-    kwargs: dict = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs: dict = {}
     groups = contextlib.nullcontext()
     if tp_size > 1:
         import torch.distributed as dist
@@ -293,11 +293,8 @@ def load_target(model_path: str, dtype: torch.dtype | str = "auto", device: str 
             groups = _tp_groups(tp_size, world, torch.device(device))
     else:
         kwargs["device_map"] = {"": str(torch.device(device))}
-    try:
-        with groups:
-            model = AutoModelForCausalLM.from_pretrained(str(model_path), **kwargs)
-    except (OSError, ValueError) as e:
-        raise DraftsmithError(f"cannot load target model {model_path}: {e}") from e
+    with groups:
+        model = load_causal_lm(model_path, dtype, trust_remote_code, **kwargs)
     if tp_size > 1 and _tp_mesh_size(model) != tp_size:
         raise DraftsmithError(f"transformers sharded {model_path} over {_tp_mesh_size(model)} ranks, not the "
                               f"--tp-size {tp_size} asked for (an unsupported transformers version?)")

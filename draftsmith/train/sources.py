@@ -31,6 +31,7 @@ import torch
 
 from draftsmith import dist
 from draftsmith.errors import DraftsmithError, InputError
+from draftsmith.target.loading import load_config
 from draftsmith.train.evaluate import SubsetSource, holdout_split
 from draftsmith.train.packing import pack_items, split_padded
 
@@ -164,8 +165,6 @@ class TargetWeights:
 def load_target_weights(model_path: str, dtype: torch.dtype) -> TargetWeights:
     """The target's input embeddings and lm_head read from its safetensors files only (tied
     heads reuse the embeddings); other checkpoint formats load the model once."""
-    from transformers import AutoConfig
-
     root = Path(model_path)
     if not root.is_dir():
         from huggingface_hub import snapshot_download
@@ -174,7 +173,7 @@ def load_target_weights(model_path: str, dtype: torch.dtype) -> TargetWeights:
             root = Path(snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors"]))
         except Exception as e:  # the hub raises many types; the message names the model
             raise DraftsmithError(f"cannot fetch target model {model_path}: {e}") from e
-    config = AutoConfig.from_pretrained(str(root))
+    config = load_config(root)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     tied = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
     files = _safetensors_files(root)
@@ -273,8 +272,6 @@ def build_sources(cfg, info, dtype: torch.dtype) -> SourceSetup:
 
 
 def _offline(cfg, info, dtype: torch.dtype) -> SourceSetup:
-    from transformers import AutoConfig
-
     from draftsmith.features import FeatureStore
 
     store = FeatureStore.open(cfg.train_hidden_states_path)
@@ -297,7 +294,7 @@ def _offline(cfg, info, dtype: torch.dtype) -> SourceSetup:
         _, data_dir = _tokenized(cfg, info, cfg.train_data_path or store.data_path, "--train-data-path",
                                  model_path=model_path)
     return SourceSetup(train=OfflineSource(store, cfg.max_length), eval=eval_source, model_path=model_path,
-                       target_config=AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code),
+                       target_config=load_config(model_path, cfg.trust_remote_code),
                        aux_layers=store.aux_layers, embed=weights.embed.to(info.device), lm_head=weights.lm_head,
                        vocab_size=int(weights.embed.shape[0]), store=store, data_dir=data_dir,
                        topk_draft_vocab=store.draft_vocab_size if store.signal == "topk" else None)
