@@ -57,3 +57,30 @@ def sharp_target(src: Path, out: Path, scale: float = 60.0) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
+
+
+def online_config(target: Path, data: Path, out: Path, **kw) -> dict:
+    """TrainConfig fields of a small deterministic online run on CPU (tests/test_equivalence.py,
+    tests/test_resume_world_size.py); `kw` overrides."""
+    base = dict(mode="online", target_model_path=str(target), train_data_path=str(data), output_dir=str(out),
+                draft_vocab_size=128, max_length=64, eval_interval=1000, dtype="float32", autocast="off",
+                attention="blockwise", device="cpu", progress=False)
+    base.update(kw)
+    return base
+
+
+def run_two_ranks(configs: list[dict], spec: Path):
+    """Train each TrainConfig dict in turn under one 2-process gloo torchrun launch
+    (tests/_equivalence_worker.py); the completed process (returncode, stderr)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    spec.write_text(json.dumps(configs))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(repo / "tests" / "_equivalence_worker.py"), str(spec)],
+                          env=env, capture_output=True, text=True, timeout=600)

@@ -25,20 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from _train_helpers import small_draft
+from _train_helpers import online_config, run_two_ranks, small_draft
 from draftsmith.train.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parent.parent
 EPOCHS, STEPS, WARMUP, LR = 3, 6, 3, 5e-3   # 4 samples / global batch 2 = 2 steps per epoch; warmup_ratio 0.5
 CUT = 2                                       # the FSDP2 run is cut after step 2, inside the warmup
 # (length, supervised spans): 16, 30, 23 and 16 supervised tokens
@@ -58,12 +54,8 @@ def _rows() -> list[dict]:
 
 
 def _config(target: Path, data: Path, out: Path, **kw) -> dict:
-    base = dict(mode="online", target_model_path=str(target), train_data_path=str(data), output_dir=str(out),
-                draft_vocab_size=128, ttt_length=3, max_length=64, num_epochs=EPOCHS, batch_size=2,
-                learning_rate=LR, warmup_ratio=WARMUP / STEPS, save_interval=1000, eval_interval=1000,
-                dtype="float32", autocast="off", attention="blockwise", device="cpu", progress=False, seed=5)
-    base.update(kw)
-    return base
+    return online_config(target, data, out, **{**dict(ttt_length=3, num_epochs=EPOCHS, batch_size=2, learning_rate=LR,
+                                                      warmup_ratio=WARMUP / STEPS, save_interval=1000, seed=5), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +71,7 @@ def runs(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
                  cfg("fsdp_cut", parallel="fsdp", batch_size=1, max_steps=CUT, save_interval=CUT),
                  cfg("fsdp_cut", parallel="fsdp", batch_size=1, save_interval=CUT, resume="latest"),
                  cfg("tp", tp_size=2, batch_size=2)]
-    spec = root / "runs.json"
-    spec.write_text(json.dumps(two_ranks))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "_equivalence_worker.py"), str(spec)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = run_two_ranks(two_ranks, root / "runs.json")
     ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
     assert proc.returncode == 0, (ranks or proc.stderr)[-6000:]
     train(TrainConfig(**cfg("ref")))                                        # 1 rank × batch 2

@@ -14,21 +14,18 @@ rel 1e-4, weights rtol 1e-4 / atol 1e-5.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _train_helpers import online_config, run_two_ranks
 from draftsmith.errors import InputError
 from draftsmith.train.trainer import TrainConfig, Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-REPO = Path(__file__).resolve().parent.parent
 CUT, STEPS = 3, 6            # 8 rows, global batch 2: 4 steps per epoch, 2 epochs
 
 
@@ -44,12 +41,9 @@ def _rows() -> list[dict]:
 
 
 def _config(target: Path, data: Path, out: Path, **kw) -> dict:
-    base = dict(mode="online", target_model_path=str(target), train_data_path=str(data), output_dir=str(out),
-                draft_vocab_size=128, ttt_length=2, max_length=64, num_epochs=2, max_steps=STEPS, batch_size=2,
-                learning_rate=5e-3, warmup_ratio=0.25, save_interval=CUT, eval_interval=1000, dtype="float32",
-                autocast="off", attention="blockwise", device="cpu", progress=False, seed=4)
-    base.update(kw)
-    return base
+    return online_config(target, data, out, **{**dict(ttt_length=2, num_epochs=2, max_steps=STEPS, batch_size=2,
+                                                      learning_rate=5e-3, warmup_ratio=0.25, save_interval=CUT,
+                                                      seed=4), **kw})
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -77,13 +71,7 @@ def runs(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
         (shutil.copytree if (root / "ref" / name).is_dir() else shutil.copy)(root / "ref" / name, one / name)
     two_ranks = [cfg("two_to_one", parallel="fsdp", batch_size=1, max_steps=CUT),
                  cfg("one_to_two", parallel="fsdp", batch_size=1, resume="latest")]
-    spec = root / "runs.json"
-    spec.write_text(json.dumps(two_ranks))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "_equivalence_worker.py"), str(spec)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = run_two_ranks(two_ranks, root / "runs.json")
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = json.loads((root / "two_to_one" / "step_3" / "training_state" / "trainer.json").read_text())
     assert state["world_size"] == 2 and state["data"]["step_in_epoch"] == 3 and state["data"]["global_batch"] == 2
