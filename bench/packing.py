@@ -38,18 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
-SHAPE = dict(hidden=576, heads=9, kv_heads=3, head_dim=64, intermediate=1536, vocab=49152,
-             draft_vocab=16384, rope_theta=100000.0, eps=1e-5)      # bench/train.py's SHAPE
-
-
-def _turns(value) -> list[dict]:
-    """ShareGPT {"from", "value"} turns as conversation rows ({"role", "content"})."""
-    if not isinstance(value, dict):
-        return []
-    roles = {"human": "user", "gpt": "assistant", "system": "system"}
-    turns = [{"role": roles.get(t.get("from")), "content": t.get("value") or ""}
-             for t in value.get("conversations", []) if isinstance(t, dict)]
-    return turns if all(t["role"] for t in turns) else []
+from train import SHAPE, _turns   # noqa: E402 (bench/train.py: the SmolLM2-sized draft shape, ShareGPT turns)
 
 
 def sharegpt_rows(n: int, max_length: int) -> list[dict]:
