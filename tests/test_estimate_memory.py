@@ -87,7 +87,8 @@ def test_flex_grows_linearly_in_length():
 def test_world_size_adjustments(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY))
-    base = dict(target_config=str(path), max_length=32, draft_vocab_size=1024, device="cpu", attention="blockwise")
+    base = dict(target_config=str(path), max_length=32, draft_vocab_size=1024, device="cpu", attention="blockwise",
+                ttt_length=3)
     one = M.estimate_memory(M.MemoryConfig(**base))
     ddp = M.estimate_memory(M.MemoryConfig(**base, world_size=2, parallel="ddp"))
     fsdp = M.estimate_memory(M.MemoryConfig(**base, world_size=2, parallel="fsdp"))
@@ -100,7 +101,8 @@ def test_online_adds_the_targets_weights(tmp_path):
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY))
-    base = dict(target_config=str(path), max_length=32, draft_vocab_size=1024, device="cpu", attention="blockwise")
+    base = dict(target_config=str(path), max_length=32, draft_vocab_size=1024, device="cpu", attention="blockwise",
+                ttt_length=3)
     online = M.estimate_memory(M.MemoryConfig(**base, mode="online"))
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY))
     assert online["target_weights_bytes"] == 2 * sum(p.numel() for p in model.parameters())   # bf16
@@ -117,7 +119,7 @@ def test_activation_checkpointing_halves_the_activations_per_token(tmp_path):
 
     def per_token(checkpointing: bool) -> float:
         act = [M.estimate_memory(M.MemoryConfig(target_config=str(path), max_length=t, draft_vocab_size=256,
-                                                device="cpu", attention="flex",
+                                                device="cpu", attention="flex", ttt_length=3,
                                                 activation_checkpointing=checkpointing))["activation_bytes"]
                for t in (128, 256)]
         return (act[1] - act[0]) / 128
