@@ -25,8 +25,10 @@ Each point records:
 
 A point's result is cache/bench/tau_curve/<name>/<N>x<E>/result.json; a point whose result
 exists is skipped, so a stopped run restarts where it was. The draft is trained in this
-process (the nested subset is set on the trainer's sources; the rest is `draftsmith train`'s
-own code path); export and eval run as `draftsmith` subprocesses.
+process (the nested subset is set on the trainer's sources and the draft vocab counted on it,
+by swapping train/sources' `build_sources` and train/draft_setup's `vocab_mapping` for the run;
+the rest is `draftsmith train`'s own code path); export runs as a `draftsmith` subprocess. The
+published curve ran on commit 0b97d85 (the vocab then came from Trainer._vocab_mapping).
 
 `report` also lists `EARLIER` drafts of the same recipe whose proxy and real τ are on file (the
 demo runs of docs/benchmarks.md §6), for the proxy-vs-real correlation and as out-of-sample
@@ -129,19 +131,21 @@ def train_point(args, n: int, epochs: int, out: Path) -> dict:
                                                                                 setup.vocab_size)))
         return setup
 
-    class NestedTrainer(trainer_mod.Trainer):
-        def _vocab_mapping(self, setup, vd):     # the draft vocab of the n conversations alone
-            return info["vocab"].d2t.long(), info["vocab"].t2d.bool()
+    from draftsmith.train import draft_setup
 
-    trainer_mod.build_sources = nested_sources
+    def subset_vocab(setup, vd, dist_info):      # the draft vocab of the n conversations alone
+        return info["vocab"].d2t.long(), info["vocab"].t2d.bool()
+
+    original_vocab = draft_setup.vocab_mapping
+    trainer_mod.build_sources, draft_setup.vocab_mapping = nested_sources, subset_vocab
     try:
-        tr = NestedTrainer(cfg)
+        tr = trainer_mod.Trainer(cfg)
         try:
             result = tr.train()
         finally:
             tr.close()
     finally:
-        trainer_mod.build_sources = original
+        trainer_mod.build_sources, draft_setup.vocab_mapping = original, original_vocab
     return {**result, "supervised_tokens": info["supervised_tokens"], "heldout": info["heldout"],
             "vocab_coverage": info["vocab"].coverage, "steps": tr.global_step}
 
