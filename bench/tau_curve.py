@@ -154,33 +154,14 @@ def proxy_tau(args, draft_dir: Path) -> dict:
     """bench/tau_proxy.py's figure for one exported draft (K = args.proxy_steps)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from draftsmith import resources
-    from draftsmith.draft.model import Eagle3Draft
-    from draftsmith.train.ttt import summarize, ttt_forward
-    from tau_proxy import reply_batches
+    from tau_proxy import score
 
     target_path = args.target_model_path
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     model = AutoModelForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
-    draft = Eagle3Draft.from_pretrained(draft_dir, dtype=torch.float32).eval()
-    draft.load_embeddings(model.get_input_embeddings().weight)
-    layers = list(draft.config.aux_layer_ids)
-    cache = resources.cache_root() / "bench" / (f"tau_proxy_{Path(target_path).name}_q{args.questions}_"
-                                                 f"n{args.max_new_tokens}_l{'-'.join(map(str, layers))}.pt")
-    batches = reply_batches(model, tokenizer, layers, args.questions, args.max_new_tokens, cache)
-    head = model.lm_head.weight.index_select(0, draft.draft_to_target)
-    k = args.proxy_steps
-    loss, correct, correct_dv, count = [0.0] * k, [0] * k, [0] * k, [0] * k
-    for batch in batches:
-        with torch.no_grad():
-            r = ttt_forward(draft, batch, length=k, target_head=head, full_head=model.lm_head.weight)
-        loss = [a + b for a, b in zip(loss, r.loss_sum)]
-        correct = [a + b for a, b in zip(correct, r.correct_served)]
-        correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
-        count = [a + b for a, b in zip(count, r.count)]
-    s = summarize(loss, correct_dv, count, correct)
+    s, tokens = score(model, tokenizer, draft_dir, target_path, args.questions, args.max_new_tokens, args.proxy_steps)
     return {"proxy_tau": round(s["tau"], 4), "proxy_acc_k": [round(a, 4) for a in s["acc_k"]],
-            "proxy_tokens": count[0]}
+            "proxy_tokens": tokens}
 
 
 def real_tau(args, draft_dir: Path, plain: bool) -> dict:

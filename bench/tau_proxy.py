@@ -56,6 +56,35 @@ def reply_batches(model, tokenizer, aux_layers: list[int], questions: int, max_n
     return batches
 
 
+def score(model, tokenizer, draft_dir: Path, target_path, questions: int, max_new_tokens: int,
+          length: int) -> tuple[dict, int]:
+    """(train/ttt.py `summarize` of the draft's K = `length` unroll over the target's own MT-bench
+    replies, supervised rows at step 0): served tau (full-vocab argmax) and tau within the draft vocab."""
+    from draftsmith import resources
+    from draftsmith.draft.model import Eagle3Draft
+    from draftsmith.train.ttt import summarize, ttt_forward
+
+    draft = Eagle3Draft.from_pretrained(draft_dir, dtype=torch.float32).eval()
+    draft.load_embeddings(model.get_input_embeddings().weight)
+    layers = list(draft.config.aux_layer_ids)
+    cache = resources.cache_root() / "bench" / (f"tau_proxy_{Path(target_path).name}_q{questions}_"
+                                                 f"n{max_new_tokens}_l{'-'.join(map(str, layers))}.pt")
+    batches = reply_batches(model, tokenizer, layers, questions, max_new_tokens, cache)
+    head = model.lm_head.weight.index_select(0, draft.draft_to_target)
+    loss = [0.0] * length
+    correct = [0] * length            # served: the target's full-vocab argmax (train/ttt.py)
+    correct_dv = [0] * length         # within the draft vocab
+    count = [0] * length
+    for batch in batches:
+        with torch.no_grad():
+            r = ttt_forward(draft, batch, length=length, target_head=head, full_head=model.lm_head.weight)
+        loss = [a + b for a, b in zip(loss, r.loss_sum)]
+        correct = [a + b for a, b in zip(correct, r.correct_served)]
+        correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
+        count = [a + b for a, b in zip(count, r.count)]
+    return summarize(loss, correct_dv, count, correct), count[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("drafts", type=Path, nargs="+", help="exported draft folders (same target and aux layers)")
@@ -71,36 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from draftsmith import resources
-    from draftsmith.draft.model import Eagle3Draft
-    from draftsmith.train.ttt import summarize, ttt_forward
 
     target_path = args.target_model_path or resources.smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     model = AutoModelForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
     results = []
     for folder in args.drafts:
-        draft = Eagle3Draft.from_pretrained(folder, dtype=torch.float32).eval()
-        draft.load_embeddings(model.get_input_embeddings().weight)
-        layers = list(draft.config.aux_layer_ids)
-        cache = resources.cache_root() / "bench" / (f"tau_proxy_{Path(target_path).name}_q{args.questions}_"
-                                                     f"n{args.max_new_tokens}_l{'-'.join(map(str, layers))}.pt")
-        batches = reply_batches(model, tokenizer, layers, args.questions, args.max_new_tokens, cache)
-        head = model.lm_head.weight.index_select(0, draft.draft_to_target)
-        loss = [0.0] * args.ttt_length
-        correct = [0] * args.ttt_length            # served: the target's full-vocab argmax (train/ttt.py)
-        correct_dv = [0] * args.ttt_length         # within the draft vocab
-        count = [0] * args.ttt_length
-        for batch in batches:
-            with torch.no_grad():
-                r = ttt_forward(draft, batch, length=args.ttt_length, target_head=head,
-                                full_head=model.lm_head.weight)
-            loss = [a + b for a, b in zip(loss, r.loss_sum)]
-            correct = [a + b for a, b in zip(correct, r.correct_served)]
-            correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
-            count = [a + b for a, b in zip(count, r.count)]
-        s = summarize(loss, correct_dv, count, correct)
+        s, tokens = score(model, tokenizer, folder, target_path, args.questions, args.max_new_tokens, args.ttt_length)
         row = {"draft": str(folder), "acc_k": [round(a, 4) for a in s["acc_k"]], "tau": round(s["tau"], 4),
-               "tau_draft_vocab": round(s["tau_draft_vocab"], 4), "tokens": count[0]}
+               "tau_draft_vocab": round(s["tau_draft_vocab"], 4), "tokens": tokens}
         print(f"{folder}: tau~{row['tau']:.3f}  acc by step {' '.join(f'{a:.3f}' for a in row['acc_k'])}",
               flush=True)
         results.append(row)
