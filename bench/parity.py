@@ -594,6 +594,13 @@ def report_partial(args, argv, state: dict, settings: dict) -> int:
         out["features_in_progress"] = {"shards_done": len(done), "samples_done": sum(d["num_samples"] for d in done),
                                        "tokens_done": sum(d["num_tokens"] for d in done),
                                        "tokens_total": state["data"]["tokens"]}
+    if "train" not in state:
+        progress = {}
+        for impl in IMPLS:
+            metrics = Path(args.work_dir) / f"train_{impl}" / "metrics.jsonl"
+            rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+            progress[impl] = rows[-1] if rows else None
+        out["train_in_progress"] = progress
     path = RESULTS / "parity_partial.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     _log(f"wrote {path} (partial: {', '.join(out['stages_not_done'])} not done)")
