@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from draftsmith.data.vocab import (VocabMapping, build_vocab_mapping, select_draft_vocab, target_vocab_size_of,
-                                   token_counts)
+                                   token_counts, vocab_digest)
 
 
 def _dataset(path, rows):
@@ -78,3 +78,31 @@ def test_errors(tmp_path):
 
 def test_target_vocab_size_of(tmp_path, smollm2_dir):
     assert target_vocab_size_of(str(smollm2_dir)) == 49152
+
+
+def test_build_dataset_and_the_trainer_from_a_store_pick_the_same_vocab(tmp_path, tiny_llama_dir):
+    """The draft vocab of a tokenized dataset (build-dataset's cache) equals the one the trainer
+    selects from a feature store alone (train/draft_setup.py: counts over the store's rows), ties
+    included: ids drawn from 300 values, so many share a supervised count and the all-token
+    count (then the id) decides."""
+    from _hidden_states_helpers import make_tokenized
+
+    from draftsmith.cli import run_command
+    from draftsmith.dist import init_distributed
+    from draftsmith.features import FeatureStore
+    from draftsmith.train.draft_setup import vocab_mapping
+    from draftsmith.train.sources import SourceSetup
+
+    data = make_tokenized(tmp_path / "data", 24, vocab_size=300, max_len=30, seed=3)
+    assert run_command("hidden-states", ["--target-model-path", str(tiny_llama_dir), "--data-path", str(data),
+                                         "--output-dir", str(tmp_path / "store"), "--dtype", "float32",
+                                         "--max-length", "64", "--no-progress"]) == 0
+    store = FeatureStore.open(tmp_path / "store")
+    vocab = 49152
+    built = build_vocab_mapping(data, target_vocab_size=vocab, draft_vocab_size=40)
+    setup = SourceSetup(train=None, eval=None, model_path=str(tiny_llama_dir), target_config=None, aux_layers=[],
+                        embed=torch.zeros(0), lm_head=torch.zeros(0), vocab_size=vocab, store=store, data_dir=None)
+    d2t, t2d = vocab_mapping(setup, 40, init_distributed("cpu"))
+    assert torch.equal(torch.arange(40) + d2t, built.draft_to_target)
+    assert torch.equal(t2d, built.t2d)
+    assert vocab_digest(torch.arange(40) + d2t) == vocab_digest(built.draft_to_target)
