@@ -181,7 +181,7 @@ def real_tau(args, draft_dir: Path, plain: bool) -> dict:
     else:
         from draftsmith.eval import benchmarks as bench
         from draftsmith.eval.cli import EvalConfig, load_models
-        from draftsmith.eval.report import BenchmarkResult, TurnResult, summarize
+        from draftsmith.eval.report import BenchmarkResult, TurnResult, benchmark_summary
         from draftsmith.eval.spec_decode import SpecConfig, speculative_generate
         from draftsmith.target.prompting import encode_prompt, eos_ids, render_prompt
 
@@ -203,7 +203,7 @@ def real_tau(args, draft_dir: Path, plain: bool) -> dict:
                     result.turns.append(TurnResult(prompt.id, turn, len(ids), spec))
                     messages.append({"role": "assistant",
                                      "content": tokenizer.decode(spec.tokens, skip_special_tokens=True)})
-        b = summarize(result)
+        b = benchmark_summary(result)
         (draft_dir.parent / "real_eval.json").write_text(json.dumps(b, indent=2) + "\n")
     return {"real_tau": round(b["tau"], 4), "real_tau_sglang": round(b["tau_sglang"], 4),
             "real_accept_rate": [round(a, 4) for a in b["accept_rate"]], "real_lossless": b["lossless"],

@@ -58,11 +58,11 @@ def reply_batches(model, tokenizer, aux_layers: list[int], questions: int, max_n
 
 def score(model, tokenizer, draft_dir: Path, target_path, questions: int, max_new_tokens: int,
           length: int) -> tuple[dict, int]:
-    """(train/ttt.py `summarize` of the draft's K = `length` unroll over the target's own MT-bench
+    """(train/ttt.py `step_metrics` of the draft's K = `length` unroll over the target's own MT-bench
     replies, supervised rows at step 0): served tau (full-vocab argmax) and tau within the draft vocab."""
     from draftsmith import resources
     from draftsmith.draft.model import Eagle3Draft
-    from draftsmith.train.ttt import summarize, ttt_forward
+    from draftsmith.train.ttt import step_metrics, ttt_forward
 
     draft = Eagle3Draft.from_pretrained(draft_dir, dtype=torch.float32).eval()
     draft.load_embeddings(model.get_input_embeddings().weight)
@@ -82,7 +82,7 @@ def score(model, tokenizer, draft_dir: Path, target_path, questions: int, max_ne
         correct = [a + b for a, b in zip(correct, r.correct_served)]
         correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
         count = [a + b for a, b in zip(count, r.count)]
-    return summarize(loss, correct_dv, count, correct), count[0]
+    return step_metrics(loss, correct_dv, count, correct), count[0]
 
 
 def main(argv: list[str] | None = None) -> int:

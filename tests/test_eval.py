@@ -14,7 +14,7 @@ from draftsmith import cli
 from draftsmith.draft.config import Eagle3Config
 from draftsmith.draft.model import Eagle3Draft
 from draftsmith.eval import benchmarks
-from draftsmith.eval.report import BenchmarkResult, TurnResult, summarize
+from draftsmith.eval.report import BenchmarkResult, TurnResult, benchmark_summary
 from draftsmith.eval.spec_decode import Generation, SpecConfig, greedy_generate, speculative_generate
 from draftsmith.export import ExportConfig, export_checkpoint
 
@@ -199,7 +199,7 @@ def test_summary_counts_add_up():
                                               accepted=[2, 3, 0]), Generation(tokens=list(range(9)), seconds=2.0)),
              TurnResult("b", 0, 5, Generation(tokens=[1, 2, 3], seconds=1.0, emitted=[2], accepted=[3]),
                         Generation(tokens=[1, 2, 4], seconds=1.0))]
-    s = summarize(BenchmarkResult("x", 3, 1, 4, turns))
+    s = benchmark_summary(BenchmarkResult("x", 3, 1, 4, turns))
     assert s["verify_steps"] == 4 and s["generated_tokens"] == 12
     assert s["tau"] == (3 + 4 + 1 + 2) / 4 and s["tau_sglang"] == 12 / 4
     assert s["accept_rate"] == [3 / 4, 3 / 4, 2 / 4]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from draftsmith.eval.report import BenchmarkResult, TurnResult, summarize
+from draftsmith.eval.report import BenchmarkResult, TurnResult, benchmark_summary
 from draftsmith.eval.spec_decode import Generation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def _result(seed: int, questions: int, depth: int = 5) -> BenchmarkResult:
 
 
 def test_turn_stats_add_up_to_the_pooled_figures(parity):
-    s = summarize(_result(0, 7))
+    s = benchmark_summary(_result(0, 7))
     assert len(s["turn_stats"]) == s["turns"] == 14
     rows = parity.per_question(s)
     assert len(rows) == 7
@@ -49,7 +49,7 @@ def test_turn_stats_add_up_to_the_pooled_figures(parity):
 
 
 def test_bootstrap_matches_the_delta_method(parity):
-    rows = list(parity.per_question(summarize(_result(1, 200))).values())
+    rows = list(parity.per_question(benchmark_summary(_result(1, 200))).values())
     lo, hi = parity.bootstrap(rows, 4000, seed=0)
     n = len(rows)
     e, s = [r[0] for r in rows], [r[1] for r in rows]
@@ -76,7 +76,7 @@ def test_verdict(parity):
 
 
 def test_depth_intervals_bracket_the_pooled_acceptance(parity):
-    s = summarize(_result(2, 30))
+    s = benchmark_summary(_result(2, 30))
     rows = list(parity.per_question(s).values())
     for depth in range(3):
         lo, hi = parity.bootstrap(rows, 2000, seed=1, numerator=2 + depth)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _train_helpers import small_draft, write_conversations
-from draftsmith.train.ttt import (live_rows, step_inputs, step_rows, summarize, target_rows, ttt_forward,
+from draftsmith.train.ttt import (live_rows, step_inputs, step_rows, step_metrics, target_rows, ttt_forward,
                                   ttt_mask, unroll)
 
 
@@ -168,7 +168,7 @@ def test_loss_is_weighted_mean_over_supervised_rows_and_ignores_padding():
     head = torch.randn(300, 64)
     batch = _batch(b=1, t=12)
     r = ttt_forward(draft, batch, length=3, target_head=head)
-    s = summarize(r.loss_sum, r.correct_draft_vocab, r.count)
+    s = step_metrics(r.loss_sum, r.correct_draft_vocab, r.count)
     expected = sum(0.8 ** k * s["loss_k"][k] for k in range(3))
     assert math.isclose(r.loss.item(), expected, rel_tol=1e-5)
     # hand count: step k supervises tokens t >= 2 + k with loss_mask[t] = 1
@@ -210,12 +210,12 @@ def test_fused_loss_matches_plain_autograd(signal, monkeypatch):
 
 
 def test_summarize_tau_by_hand():
-    s = summarize([2.0, 3.0, 4.0], [8, 4, 1], [10, 8, 4], correct_served=[5, 4, 0])
+    s = step_metrics([2.0, 3.0, 4.0], [8, 4, 1], [10, 8, 4], correct_served=[5, 4, 0])
     assert s["acc_k_draft_vocab"] == [0.8, 0.5, 0.25]
     assert s["loss_k"] == [0.2, 0.375, 1.0]
     assert math.isclose(s["tau_draft_vocab"], 1 + 0.8 + 0.8 * 0.5 + 0.8 * 0.5 * 0.25)
     assert s["acc_k"] == [0.5, 0.5, 0.0] and math.isclose(s["tau"], 1 + 0.5 + 0.25)
-    unknown = summarize([2.0], [8], [10])
+    unknown = step_metrics([2.0], [8], [10])
     assert unknown["tau"] is None and unknown["acc_k"] is None and unknown["tau_draft_vocab"] == 1.8
 
 
@@ -278,7 +278,7 @@ def test_served_tau_counts_the_target_full_vocab_argmax():
     served, in_vocab, count = _hand_served(draft, batch, full_head, chosen, length)
     assert r.count == count and r.correct_served == served and r.correct_draft_vocab == in_vocab
     assert 0 < served[0] < in_vocab[0]        # the case exists in this data, both ways
-    s = summarize(r.loss_sum, r.correct_draft_vocab, r.count, r.correct_served)
+    s = step_metrics(r.loss_sum, r.correct_draft_vocab, r.count, r.correct_served)
     tau_hand = 1 + sum(math.prod(a / c for a, c in zip(served[:k + 1], count[:k + 1])) for k in range(length))
     tau_dv_hand = 1 + sum(math.prod(a / c for a, c in zip(in_vocab[:k + 1], count[:k + 1])) for k in range(length))
     assert math.isclose(s["tau"], tau_hand) and math.isclose(s["tau_draft_vocab"], tau_dv_hand)

@@ -20,7 +20,7 @@ from draftsmith import config, resources
 from draftsmith.demo.pipeline import (STAGES, _dtype_flag, stage_build_dataset, stage_eval, stage_export,  # noqa: F401
                                       stage_hidden_states, stage_model, stage_prepare_data, stage_regenerate_data,
                                       stage_train)
-from draftsmith.demo.report import DemoSummary, format_table, summarize, write_report  # noqa: F401
+from draftsmith.demo.report import DemoSummary, format_table, demo_summary, write_report  # noqa: F401
 from draftsmith.demo.runner import (STATE_FILE, Stage, StageContext, StageFailed, remove_outputs,  # noqa: F401
                                     run_stages, stage_keys)
 from draftsmith.demo.settings import DEFAULT, QUICK, DemoConfig, config_from_args, resolve_device  # noqa: F401
@@ -30,7 +30,7 @@ CONFIG = DemoConfig
 __all__ = ["CONFIG", "DEFAULT", "QUICK", "STAGES", "STATE_FILE", "DemoConfig", "DemoSummary", "Stage", "StageContext",
            "StageFailed", "add_arguments", "config_from_args", "default_run_dir", "format_table", "resolve_device",
            "run", "run_stages", "stage_build_dataset", "stage_eval", "stage_export", "stage_hidden_states",
-           "stage_keys", "stage_model", "stage_prepare_data", "stage_regenerate_data", "stage_train", "summarize",
+           "stage_keys", "stage_model", "stage_prepare_data", "stage_regenerate_data", "stage_train", "demo_summary",
            "write_report", "_dtype_flag"]
 
 

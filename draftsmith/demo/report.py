@@ -1,6 +1,6 @@
 """The demo's report: its figures gathered from the stages' own output files, as a table and a folder.
 
-`summarize(state)` reads the eval report, the feature store's figures and the training
+`demo_summary(state)` reads the eval report, the feature store's figures and the training
 metrics that the stages wrote (nothing is recomputed); `write_report` writes report/
 (demo_report.json, demo_report.md and two plots) and `format_table` the terminal summary.
 """
@@ -78,7 +78,7 @@ def _pipeline_order(item: tuple[str, dict]) -> int:
     return names.index(item[0]) if item[0] in names else len(names)
 
 
-def summarize(state: dict) -> DemoSummary:
+def demo_summary(state: dict) -> DemoSummary:
     result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}
     settings = state["settings"]
     bench = mtbench_summary(json.loads(Path(result["eval"]["report"]).read_text(encoding="utf-8")),
@@ -169,7 +169,7 @@ def write_report(state: dict, run_dir: Path) -> tuple[DemoSummary, Path]:
     """report/: demo_report.json, demo_report.md, acceptance_and_training.png, stage_times.png."""
     from draftsmith.eval import report as eval_report
 
-    summary = summarize(state)
+    summary = demo_summary(state)
     folder = run_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     result = {name: rec.get("result", {}) for name, rec in state["stages"].items()}

@@ -23,7 +23,7 @@ from draftsmith import config
 from draftsmith.config import option
 from draftsmith.errors import DraftsmithError, InputError
 from draftsmith.eval import benchmarks as bench
-from draftsmith.eval.report import BenchmarkResult, TurnResult, markdown_table, summarize, write_report
+from draftsmith.eval.report import BenchmarkResult, TurnResult, benchmark_summary, markdown_table, write_report
 from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
 from draftsmith.target.dtype import CHOICES, choose_dtype, resolve_dtype
 from draftsmith.target.loading import load_tokenizer
@@ -121,11 +121,11 @@ def evaluate(cfg: EvalConfig, tokenizer, model, draft, log=print) -> dict[str, A
                         log(f"LOSSLESS MISMATCH: {prompt.id} turn {turn} K={s.num_steps}")
                 messages.append({"role": "assistant",
                                  "content": tokenizer.decode(plain.tokens, skip_special_tokens=True)})
-            done = [summarize(r) for r in results]
+            done = [benchmark_summary(r) for r in results]
             log(f"[{name} {p_index + 1}/{len(prompts)}] " +
                 "  ".join(f"K={d['num_steps']}: tau {d['tau'] or 0:.2f} speedup {d['speedup'] or 0:.2f}" for d in done))
         for r in results:
-            s = summarize(r)
+            s = benchmark_summary(r)
             lossless &= bool(s["lossless"])
             summaries.append(s)
     return {"config": config_record(cfg), "benchmarks": summaries, "lossless": lossless}
@@ -156,7 +156,7 @@ def evaluate_sglang(cfg: EvalConfig, tokenizer, log=print) -> dict[str, Any]:
                 reply = sglang_client.generate(cfg.server_url, render_prompt(tokenizer, messages), cfg.max_new_tokens)
                 replies.append(reply)
                 messages.append({"role": "assistant", "content": reply.text})
-        summaries.append(sglang_client.summarize(name, replies))
+        summaries.append(sglang_client.served_summary(name, replies))
         log(f"[{name}] served tau_sglang {summaries[-1]['tau_sglang']}")
     return {"config": config_record(cfg), "benchmarks": summaries}
 

@@ -49,7 +49,7 @@ class BenchmarkResult:
     turns: list[TurnResult] = field(default_factory=list)
 
 
-def summarize(result: BenchmarkResult) -> dict[str, Any]:
+def benchmark_summary(result: BenchmarkResult) -> dict[str, Any]:
     turns = result.turns
     emitted = [e for t in turns for e in t.spec.emitted]
     accepted = [a for t in turns for a in t.spec.accepted]

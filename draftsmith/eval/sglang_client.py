@@ -48,7 +48,7 @@ def generate(server_url: str, prompt_text: str, max_new_tokens: int, timeout: fl
                        verify_steps=int(meta["spec_verify_ct"]), seconds=seconds)
 
 
-def summarize(benchmark: str, replies: list[ServedReply]) -> dict:
+def served_summary(benchmark: str, replies: list[ServedReply]) -> dict:
     tokens = sum(r.completion_tokens for r in replies)
     steps = sum(r.verify_steps for r in replies)
     seconds = sum(r.seconds for r in replies)

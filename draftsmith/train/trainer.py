@@ -55,7 +55,7 @@ from draftsmith.train.metrics import MetricsLogger
 from draftsmith.train.packing import PackedUnits
 from draftsmith.train.parallel import parallelize
 from draftsmith.train.sources import build_sources
-from draftsmith.train.ttt import step_counts, summarize, ttt_forward
+from draftsmith.train.ttt import step_counts, step_metrics, ttt_forward
 
 log = get_logger(__name__)
 
@@ -94,7 +94,7 @@ def metric_sums(r) -> list[float]:
 
 
 def summarize_sums(sums: list[float], length: int, served_known: bool) -> dict:
-    return summarize(sums[:length], sums[length:2 * length], sums[3 * length:4 * length],
+    return step_metrics(sums[:length], sums[length:2 * length], sums[3 * length:4 * length],
                      sums[2 * length:3 * length] if served_known else None)
 
 

@@ -462,7 +462,7 @@ def _tau(acc_k: list[float]) -> float:
     return tau
 
 
-def summarize(loss_sum: list[float], correct_draft_vocab: list[int], count: list[int],
+def step_metrics(loss_sum: list[float], correct_draft_vocab: list[int], count: list[int],
               correct_served: list[int] | None = None) -> dict[str, object]:
     """Per-step mean loss and accuracy, and the simulated acceptance length
     τ = 1 + Σ_k Π_{i<=k} acc_i (a chain of drafts accepted while each step is right).
