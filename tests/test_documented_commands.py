@@ -74,7 +74,7 @@ def _argv(text: str) -> tuple[list[str], bool] | None:
         rest = tokens[1:]
     elif head in ("python", "python3", "torchrun"):
         script = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
-        if script is None or not re.match(r"^(scripts|bench)/[a-z_]+\.py$", tokens[script]):
+        if script is None or not re.match(r"^(scripts|bench)/[a-z0-9_]+\.py$", tokens[script]):
             return None
         program, rest = tokens[script], tokens[script + 1:]
     else:
@@ -93,15 +93,25 @@ def _argv(text: str) -> tuple[list[str], bool] | None:
     return [program, *args], elided
 
 
+def _label(path: Path) -> str:
+    return "shared/DESIGN.md" if path == DOCS[-1] else str(path.relative_to(REPO))
+
+
+def _commands_of(path: Path) -> list[tuple[int, list[str], bool]]:
+    out = []
+    for line, text, fragment in _code_lines(path):
+        parsed = _argv(text)
+        if parsed and (len(parsed[0]) > 2 or parsed[0][0] != "draftsmith"):
+            out.append((line, parsed[0], parsed[1] or fragment))
+    return out
+
+
 def _documented():
     found = {}
     for path in DOCS:
-        if not path.exists():
-            continue
-        for line, text, fragment in _code_lines(path):
-            parsed = _argv(text)
-            if parsed and (len(parsed[0]) > 2 or parsed[0][0] != "draftsmith"):
-                found.setdefault((tuple(parsed[0]), parsed[1] or fragment), f"{path.relative_to(REPO.parent)}:{line}")
+        if path.exists():
+            for line, argv, elided in _commands_of(path):
+                found.setdefault((tuple(argv), elided), f"{_label(path)}:{line}")
     return sorted((where, list(argv), elided) for (argv, elided), where in found.items())
 
 
@@ -170,7 +180,13 @@ def test_the_docs_show_commands_of_every_kind():
     assert {"draftsmith", "scripts", "bench"} <= programs, programs
     stages = {argv[1] for _, argv, _ in COMMANDS if argv[0] == "draftsmith"}
     assert {"prepare-data", "build-dataset", "hidden-states", "train", "export", "eval", "demo"} <= stages
-    assert any(where.startswith("shared/DESIGN.md") for where, _, _ in COMMANDS)
+    # the seed interface of ../shared/DESIGN.md is also in README.md, so a clone without shared/ checks it too
+    readme = {tuple(argv) for _, argv, _ in _commands_of(REPO / "README.md")}
+    assert {a[0] for a in readme} >= {"scripts/prepare_data.py", "scripts/prepare_hidden_states.py",
+                                      "scripts/train_eagle3_online.py"}
+    if DOCS[-1].exists():
+        design = {tuple(argv) for _, argv, _ in _commands_of(DOCS[-1])}
+        assert design and design <= {tuple(argv) for _, argv, _ in COMMANDS}
 
 
 @pytest.mark.parametrize("where, argv, elided", COMMANDS, ids=[f"{w} {' '.join(a[:2])}" for w, a, _ in COMMANDS])
