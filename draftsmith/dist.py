@@ -126,14 +126,17 @@ def all_gather_objects(obj: object) -> list[object]:
 
 
 def kv_store():
-    """The rendezvous key-value store torchrun already runs (None in a single process).
+    """A client of the key-value store torchrun's agent already runs at MASTER_ADDR:MASTER_PORT
+    (public `torch.distributed.TCPStore`); None in a single process or a group made without
+    those variables (progress is then this rank's own).
 
     Ranks publish small progress counters here without a collective, so rank 0 can show
     global figures while the ranks run unequal amounts of work.
     """
-    if not dist.is_initialized():
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not dist.is_initialized() or not addr or not port:
         return None
-    return dist.distributed_c10d._get_default_store()
+    return dist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(minutes=5))
 
 
 def set_memory_fraction(fraction: float, device: torch.device) -> None:
