@@ -148,8 +148,8 @@ def stage_data(args, w: Path) -> dict:
                     "--output-path", str(w / "data"), "--sample-size", str(args.conversations),
                     "--seed", str(args.seed), "--overwrite"), w / "logs" / "prepare-data.log", args.threads)
     _run(args, _cli(args, "build-dataset", "--data-path", str(w / "data" / "sharegpt" / "sharegpt_train.jsonl"),
-                    "--tokenizer", model, "--chat-template", "hf", "--max-length", str(args.max_length),
-                    "--output", str(w / "dataset")), w / "logs" / "build-dataset.log", args.threads)
+                    "--tokenizer-path", model, "--chat-template", "hf", "--max-length", str(args.max_length),
+                    "--output-dir", str(w / "dataset")), w / "logs" / "build-dataset.log", args.threads)
     from datasets import load_from_disk
 
     rows = load_from_disk(str(w / "dataset"))
@@ -259,7 +259,7 @@ def complete_specforge_config(folder: Path, aux_layers: list[int]) -> list[str]:
 
 
 def stage_export(args, w: Path, data: dict, features: dict) -> dict:
-    _run(args, _cli(args, "export", str(w / "train_draftsmith" / "final"), "--output", str(w / "draft_draftsmith"),
+    _run(args, _cli(args, "export", str(w / "train_draftsmith" / "final"), "--output-dir", str(w / "draft_draftsmith"),
                     "--target-model-path", data["model"]), w / "logs" / "export-draftsmith.log", args.threads)
     out = {}
     sf = w / "draft_specforge"
@@ -289,9 +289,9 @@ def stage_eval(args, w: Path, data: dict, topk: int, limit: int, max_new: int) -
     for impl in IMPLS:
         report = w / f"eval_topk{topk}" / impl / "report.json"
         jobs[impl] = (_cli(args, "eval", "--target-model-path", data["model"], "--draft-model-path",
-                           str(w / f"draft_{impl}"), "--benchmark", "mtbench", "--num-steps", str(args.num_steps),
-                           "--topk", str(topk), "--max-new-tokens", str(max_new), "--limit", str(limit),
-                           "--device", "cpu", "--dtype", "float32", "--output", str(report)),
+                           str(w / f"draft_{impl}"), "--benchmark", "mtbench", "--draft-depth", str(args.num_steps),
+                           "--topk", str(topk), "--max-new-tokens", str(max_new), "--num-questions", str(limit),
+                           "--device", "cpu", "--dtype", "float32", "--output-file", str(report)),
                       w / "logs" / f"eval-topk{topk}-{impl}.log")
     secs = _run_parallel(args, jobs, threads=1)
     return {impl: {"report": str(w / f"eval_topk{topk}" / impl / "report.json"), "seconds": secs[impl]}

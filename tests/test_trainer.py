@@ -347,3 +347,20 @@ def test_trainer_and_build_dataset_choose_the_same_draft_vocab_on_ties(tiny_llam
         assert trainer.setup.data_dir is None                      # the store's rows, not the folder
         assert trainer.draft.draft_to_target.tolist() == ids
         assert torch.equal(trainer.draft.t2d, built.t2d)
+
+
+def test_lm_head_init_target_and_survival_weighting_train(setup, tmp_path):
+    """--lm-head-init target starts the draft's lm_head as the target's rows of the draft vocab;
+    --ttt-weighting survival runs the whole trainer (the weighting itself: tests/test_ttt.py)."""
+    from draftsmith.train.sources import load_target_weights
+
+    trainer = Trainer(_offline(setup, tmp_path / "init", lm_head_init="target"))
+    head = load_target_weights(str(setup["target"]), torch.bfloat16).lm_head     # the run's --dtype
+    torch.testing.assert_close(trainer.draft.lm_head.weight.detach(),
+                               head.index_select(0, trainer.draft.draft_to_target).float(), rtol=0, atol=0)
+    random_head = Trainer(_offline(setup, tmp_path / "random")).draft.lm_head.weight
+    assert not torch.allclose(random_head, trainer.draft.lm_head.weight)
+    out = tmp_path / "survival"
+    train(_offline(setup, out, num_epochs=3, learning_rate=1e-2, ttt_weighting="survival", loss_decay=1.0))
+    rows = _metrics(out)
+    assert sum(r["loss_k"][0] for r in rows[-4:]) < 0.8 * sum(r["loss_k"][0] for r in rows[:4])

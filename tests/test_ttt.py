@@ -330,3 +330,66 @@ def test_later_steps_compute_only_live_rows():
     torch.testing.assert_close(runs[0][0].loss, runs[1][0].loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-4, atol=1e-6)
     assert runs[0][0].count == runs[1][0].count == [5 + 2, 5 + 2, 5 + 1, 5 + 0]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_survival_weighting_equals_a_loop_by_hand(hard):
+    """--ttt-weighting survival[-hard]: a step-k row weighs decay**k / n_k times Π_{j<k} a_j, where
+    a_j is the draft's probability (hard: indicator of its argmax) of the target's full-vocab argmax
+    at step j of the same chain, times 1 if the data token there equals that argmax. By loops."""
+    draft, batch, full_head, chosen = _served_case(seed=1)
+    argmax = (batch["hidden_state"] @ full_head.T).argmax(-1)
+    g = torch.Generator().manual_seed(3)
+    follow = torch.rand(argmax.shape, generator=g) < 0.6       # most data tokens are the target's argmax
+    batch["input_ids"][:, 1:] = torch.where(follow[:, :-1], argmax[:, :-1], batch["input_ids"][:, 1:])
+    length, decay = 3, 0.9
+    r = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen], full_head=full_head,
+                    weighting="survival-hard" if hard else "survival")
+    d2t_index = {int(t): d for d, t in enumerate(chosen)}
+    with torch.no_grad():
+        outs = {k: (out, index) for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"],
+                                                              length)}
+        target_logp = torch.log_softmax(batch["hidden_state"] @ full_head[chosen].T, dim=-1)
+        b, t = batch["input_ids"].shape
+        sup = [[bool(batch["loss_mask"][i, q + 1]) if q + 1 < t else False for q in range(t)] for i in range(b)]
+
+        def logp(i, p, k):
+            out, index = outs[k]
+            return torch.log_softmax(draft.logits(out[index[i, p]]), dim=-1)
+
+        def accept(i, p, j):
+            q = p + 1 + j
+            if not sup[i][q]:
+                return 1.0
+            lp, tgt = logp(i, p, j), int(argmax[i, q])
+            if tgt not in d2t_index:
+                a = 0.0
+            elif hard:
+                a = float(int(lp.argmax()) == d2t_index[tgt])
+            else:
+                a = float(lp[d2t_index[tgt]].exp())
+            return a * float(int(batch["input_ids"][i, q + 1]) == tgt)
+
+        terms = [[] for _ in range(length)]
+        for i in range(b):
+            for q in range(t - 1):
+                if not sup[i][q]:
+                    continue
+                for k in range(length):
+                    p = q - 1 - k
+                    if p < 0:
+                        continue
+                    ce = float(-(target_logp[i, q].exp() * logp(i, p, k)).sum())
+                    terms[k].append(math.prod(accept(i, p, j) for j in range(k)) * ce)
+    expected = sum(decay ** k * sum(v) / len(v) for k, v in enumerate(terms))
+    assert r.count == [len(v) for v in terms]
+    assert math.isclose(r.loss.item(), expected, rel_tol=1e-4)
+    plain = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen], full_head=full_head)
+    assert r.loss.item() < plain.loss.item()                   # later steps lose weight where chains die
+    assert r.loss_sum == pytest.approx(plain.loss_sum)         # the reported per-step CE is unweighted
+
+
+def test_survival_weighting_needs_the_full_vocab_argmax():
+    draft, batch, full_head, chosen = _served_case()
+    with pytest.raises(ValueError, match="full-vocab argmax"):
+        ttt_forward(draft, batch, length=2, target_head=full_head[chosen], weighting="survival")

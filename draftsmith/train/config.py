@@ -51,6 +51,13 @@ class TrainConfig:
         None, group="draft", help="JSON file overriding fields of the draft config derived from the target")
     ttt_length: int = option(7, group="draft", help="training-time-test steps (the draft's own predictions fed back)")
     loss_decay: float = option(0.8, group="draft", help="weight of TTT step k is decay**k")
+    lm_head_init: Literal["random", "target"] = option(
+        "random", group="draft", help="the draft's lm_head at step 0: random, or the target's lm_head rows of the "
+                                      "draft vocabulary (as speculators does)")
+    ttt_weighting: Literal["decay", "survival", "survival-hard"] = option(
+        "decay", group="draft", help="decay: step k weighs decay**k (the peers' recipe); survival: also by the "
+                                     "draft's detached chance that a served chain reaches the row; survival-hard: "
+                                     "only rows a served chain reaches (docs/training.md)")
     autocast: Literal["auto", "bf16", "off"] = option(
         "auto", group="draft", help="bf16 autocast of the draft's matmuls: auto = on CUDA and on CPUs with native "
                                     "bf16 (AVX512-BF16/AMX), off elsewhere (weights and optimizer state stay fp32)")

@@ -61,6 +61,9 @@ def build_draft(cfg: TrainConfig, setup: SourceSetup, info: dist.DistInfo
     draft.load_embeddings(setup.embed.to(device))
     target_head = full_head = None
     lm_head = setup.lm_head
+    if cfg.lm_head_init == "target":   # a resumed run loads its own lm_head over this
+        with torch.no_grad():
+            draft.lm_head.weight.copy_(lm_head.index_select(0, draft.draft_to_target.to(lm_head.device)))
     if setup.train.signal == "hidden":
         target_head = lm_head.index_select(0, draft.draft_to_target.to(lm_head.device)).to(device).detach()
         if vd < setup.vocab_size:

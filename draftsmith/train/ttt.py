@@ -361,10 +361,47 @@ def full_vocab_argmax(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tens
     return out
 
 
+WEIGHTINGS = ("decay", "survival", "survival-hard")
+
+
+@torch.no_grad()
+def chain_survival(x: torch.Tensor, weight: torch.Tensor, target_row: torch.Tensor, rows_b: torch.Tensor,
+                   rows_p: torch.Tensor, steps: torch.Tensor, served_draft: torch.Tensor, aligned: torch.Tensor,
+                   shape: tuple[int, int, int], hard: bool, chunk: int) -> torch.Tensor:
+    """Per row (batch row b, draft row p, step k): the probability that a served chain started
+    at p is still alive at step k, Π_{j<k} a_j(p), detached, from the draft as it is now.
+
+    a_j(p) is the chance that step j is accepted *and* that the token training feeds at step
+    j+1 is the one a server would feed: the draft's probability of the target's full-vocab
+    argmax (`hard`: 1 if the draft's argmax is it, the token-alignable form), times 1 if the
+    data token at that position equals the target's argmax (`aligned`; otherwise the server's
+    chain would continue on the argmax, not on the data token, so training's later steps are
+    off the served path). A target outside the draft vocab cannot be accepted (a_j = 0). A
+    step with no supervised row (a loss-mask gap) counts as a_j = 1. `shape` = (B, T, length).
+    """
+    a = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    w = weight.to(x.dtype)
+    for s in range(0, x.shape[0], chunk):
+        logits = (x[s:s + chunk] @ w.T).float()
+        tid = served_draft[target_row[s:s + chunk]]
+        inside = tid >= 0
+        if hard:
+            a[s:s + chunk] = (logits.argmax(-1) == tid).float()
+        else:
+            a[s:s + chunk] = logits.softmax(-1).gather(-1, tid.clamp(min=0)[:, None]).squeeze(-1) * inside
+    a = a * aligned[target_row].float()
+    b, t, length = shape
+    per_step = torch.ones(b, t, length, dtype=torch.float32, device=x.device)
+    per_step[rows_b, rows_p, steps] = a
+    alive = torch.cat([torch.ones_like(per_step[..., :1]), per_step[..., :-1].cumprod(-1)], dim=-1)
+    return alive[rows_b, rows_p, steps]
+
+
 def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: int = 7, decay: float = 0.8,
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
                 attention: str = "blockwise", fused_loss: bool = True,
-                checkpointing: bool = False, step_norm: list[float] | None = None) -> TTTResult:
+                checkpointing: bool = False, step_norm: list[float] | None = None,
+                weighting: str = "decay") -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -379,6 +416,9 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     the memory-efficient kernel on CUDA). fused_loss=False uses plain autograd for the loss
     (reference for tests; keeps every step's logits). checkpointing: recompute each step's
     layer activations in backward (`layer_fn`; same loss and gradients, less memory).
+    weighting: "decay" weighs a step-k row decay**k (the peers' recipe); "survival" also by the
+    detached chance that the served chain reaches it (`chain_survival`), "survival-hard" by
+    whether it does (token-alignable training); both need the full-vocab target argmax.
     step_norm: the divisor of step k's CE sum (default: this batch's count, a per-step mean);
     the trainer passes the count over its whole global batch (`step_counts` summed over
     micro-batches and ranks), so that any split of that batch gives the same gradient.
@@ -416,7 +456,12 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         else:
             served_argmax = None
 
-    rows_x, row_w, step_of_row, counts = [], [], [], []
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown TTT weighting {weighting!r} ({', '.join(WEIGHTINGS)})")
+    if weighting != "decay" and served_argmax is None:
+        raise ValueError(f"--ttt-weighting {weighting} needs the target's full-vocab argmax: a hidden-state store "
+                         "with the target's lm_head, a top-K store with target_argmax, or a full-vocab draft")
+    rows_x, row_w, step_of_row, counts, rows_bp = [], [], [], [], []
     # every parameter stays in the graph even when a batch supervises nothing (DDP)
     pad = 0.0 * (draft.lm_head.weight.sum() + draft.norm.weight.sum())
     live = live_rows(target, length, doc_ids)
@@ -431,17 +476,25 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             row_w.append(torch.full((n,), decay ** k / (n if step_norm is None else step_norm[k]),
                                     device=out.device))
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
+            rows_bp.append((qb[keep], rows_p))
     result = TTTResult(loss=pad, count=counts)
     if not rows_x:
         result.loss_sum, result.correct_draft_vocab = [0.0] * length, [0] * length
         result.correct_served = None if served_argmax is None else [0] * length
         return result
     keep_all = torch.cat([step_rows(qb, qq, k, qpos)[0].nonzero().flatten() for k in range(length)])
-    x = torch.cat(rows_x)
-    args = (x, draft.lm_head.weight, torch.cat(row_w), keep_all, target_logp, topk_ids, topk_logp,
-            max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size))
+    x, row_w, steps = torch.cat(rows_x), torch.cat(row_w), torch.cat(step_of_row)
+    chunk = max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size)
+    if weighting != "decay":
+        served_draft = torch.full((draft.config.vocab_size,), -1, dtype=torch.long, device=x.device)
+        served_draft[draft_to_target] = torch.arange(draft.config.draft_vocab_size, device=x.device)
+        aligned = input_ids[qb, qq + 1] == served_argmax
+        row_w = row_w * chain_survival(
+            x.detach(), draft.lm_head.weight, keep_all, torch.cat([b for b, _ in rows_bp]),
+            torch.cat([p for _, p in rows_bp]), steps, served_draft[served_argmax], aligned,
+            (input_ids.shape[0], input_ids.shape[1], length), weighting == "survival-hard", chunk)
+    args = (x, draft.lm_head.weight, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
-    steps = torch.cat(step_of_row)
     result.loss = loss + pad
     result.loss_sum = torch.zeros(length, dtype=torch.float64).index_add_(0, steps.cpu(), ce.double().cpu()).tolist()
 
