@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
     for name in ("demo_report.md", "acceptance_and_training.png", "stage_times.png"):
         assert (run_dir / "report" / name).stat().st_size > 0
     assert (run_dir / "report" / "acceptance_and_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for line in ("acceptance length tau (K=5)", "features on disk", "time: total"):
+    assert summary["curve"] == {}                      # the tau-per-budget fit is SmolLM2's, not this target's
+    for line in ("acceptance length tau (K=5)", "features on disk", "time: total", "not measured for this target"):
         assert line in out
     times = [line.split(":")[1].split()[0] for line in out.splitlines() if line.startswith("time: ")]
     assert times == [s.name for s in demo.STAGES] + ["total"]  # in pipeline order
@@ -226,3 +228,19 @@ def test_keys_of_a_run_folder_made_before_the_settings_were_renamed():
         "export": "fe8ce9aa2385beba", "eval": "438a68136c10f8b9"}
     quick = replace(demo.QUICK, aux_layers=[1, 2, 3], regenerate=16)
     assert demo.stage_keys(quick, demo.STAGES)["eval"] == "60008387a4aabf65"
+
+
+def test_report_places_a_smollm2_sharegpt_run_on_the_budget_curve():
+    """The report's curve line is the fit of docs/benchmarks.md 6.2 at this run's supervised tokens x
+    epochs, with 2x and 4x; for another target, or the target's own replies, it says it has none."""
+    from draftsmith.demo.budget import TAU_FIT
+    from draftsmith.demo.report import budget_point
+
+    c = budget_point("SmolLM2-135M-Instruct", "ShareGPT's", 152_970, 2)
+    assert c["trained_tokens"] == 305_940 and c["in_measured_range"]
+    assert c["expected_tau"] == round(TAU_FIT.a + TAU_FIT.b * math.log2(305_940), 3)
+    assert c["tau_at_2x"] - c["expected_tau"] == pytest.approx(TAU_FIT.b, abs=2e-3)
+    assert c["tau_at_4x"] - c["expected_tau"] == pytest.approx(2 * TAU_FIT.b, abs=2e-3)
+    assert not budget_point("SmolLM2-135M-Instruct", "ShareGPT's", 400_000, 1)["in_measured_range"]
+    assert budget_point("tiny-llama", "ShareGPT's", 152_970, 2) == {}
+    assert budget_point("SmolLM2-135M-Instruct", "the target's own", 152_970, 2) == {}

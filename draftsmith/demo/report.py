@@ -43,6 +43,8 @@ class DemoSummary:
     train_tau: float | None  # simulated tau as served (full-vocab argmax), mean over the last tenth of the steps
     train_acc: list[float]   # per TTT step, the same window
     train_tau_draft_vocab: float | None = None  # the same within the draft vocab (what peers report)
+    epochs: int = 1
+    curve: dict = field(default_factory=dict)  # where this run sits on the measured τ-per-budget curve
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -85,12 +87,16 @@ def demo_summary(state: dict) -> DemoSummary:
                             settings["draft_depth"])
     features = result["hidden-states"]
     steps, train_tau, train_acc, train_tau_dv = training_tail(read_jsonl(Path(result["train"]["metrics"])))
+    model = Path(result["model"]["model_path"]).name
+    replies = "the target's own" if result.get("regenerate-data", {}).get("regenerated") else "ShareGPT's"
+    supervised = int(result["build-dataset"]["supervised_tokens"])
+    epochs = int(settings.get("num_epochs", settings.get("epochs", 1)))
     return DemoSummary(
-        model=Path(result["model"]["model_path"]).name,
+        model=model,
         conversations=int(result["build-dataset"]["rows"]),
-        replies="the target's own" if result.get("regenerate-data", {}).get("regenerated") else "ShareGPT's",
+        replies=replies,
         tokens=int(result["build-dataset"]["tokens"]),
-        supervised_tokens=int(result["build-dataset"]["supervised_tokens"]),
+        supervised_tokens=supervised,
         num_steps=int(settings["draft_depth"]),
         eval_questions=int(bench["prompts"]),
         eval_turns=int(bench["turns"]),
@@ -107,9 +113,29 @@ def demo_summary(state: dict) -> DemoSummary:
         train_tau=train_tau,
         train_acc=train_acc,
         train_tau_draft_vocab=train_tau_dv,
+        epochs=epochs,
+        curve=budget_point(model, replies, supervised, epochs),
         stage_seconds={name: float(rec["seconds"]) for name, rec in sorted(state["stages"].items(), key=_pipeline_order)
                        if rec.get("status") == "done"},
     )
+
+
+CURVE_MODEL = "SmolLM2-135M-Instruct"   # the target and replies TAU_FIT was measured on
+
+
+def budget_point(model: str, replies: str, supervised_tokens: int, epochs: int) -> dict:
+    """This run on the τ-per-budget curve (demo/budget.py TAU_FIT, docs/benchmarks.md §6.2): the τ the
+    fit expects at its supervised tokens × epochs and at 2× and 4× that budget. Empty for another
+    target or for the target's own replies: the fit does not transfer (rerun bench/tau_curve.py)."""
+    from draftsmith.demo.budget import TAU_FIT
+
+    if model != CURVE_MODEL or replies != "ShareGPT's":
+        return {}
+    tokens = supervised_tokens * epochs
+    return {"trained_tokens": tokens, "expected_tau": round(TAU_FIT.predict(tokens), 3),
+            "tau_at_2x": round(TAU_FIT.predict(2 * tokens), 3), "tau_at_4x": round(TAU_FIT.predict(4 * tokens), 3),
+            "per_doubling": TAU_FIT.b, "in_measured_range": TAU_FIT.measured(tokens),
+            "measured_up_to": TAU_FIT.hi_tokens, "fit": TAU_FIT.source}
 
 
 def _fmt_bytes(n: float) -> str:
@@ -139,6 +165,17 @@ def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
                      f"(within the draft vocab {_fmt(s.train_tau_draft_vocab, '.2f')}), "
                      "acc by TTT step " + " ".join(f"{a:.2f}" for a in s.train_acc)),
     ]
+    c = s.curve
+    if c:
+        rows.append(("on the tau-per-budget curve",
+                     f"{c['trained_tokens']:,} supervised tokens x epochs: the fit expects tau {c['expected_tau']:.2f}"
+                     f"{'' if c['in_measured_range'] else ' (extrapolated)'}; 2x this budget -> "
+                     f"{c['tau_at_2x']:.2f}, 4x -> {c['tau_at_4x']:.2f} (+{c['per_doubling']:.3f} per doubling, "
+                     f"measured up to {c['measured_up_to']:,} tokens, beyond is the fit's extrapolation; "
+                     "docs/benchmarks.md 6.2; `draftsmith demo --budget MINUTES` sizes a run)"))
+    else:
+        rows.append(("on the tau-per-budget curve", f"not measured for this target and data (the curve is "
+                                                   f"{CURVE_MODEL}'s on ShareGPT replies; bench/tau_curve.py)"))
     rows += [(f"time: {name}", fmt_seconds(sec)) for name, sec in s.stage_seconds.items()]
     rows.append(("time: total", fmt_seconds(s.total_seconds)))
     return rows
