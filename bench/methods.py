@@ -108,16 +108,6 @@ def run(args) -> None:
             print(f"{name}: real tau {row['real_tau']}", flush=True)
 
 
-def per_question(summary: dict) -> dict[str, tuple[float, float]]:
-    """question id -> (emitted tokens, verify steps) over its turns."""
-    out: dict[str, list[float]] = {}
-    for t in summary["turn_stats"]:
-        row = out.setdefault(str(t["id"]), [0.0, 0.0])
-        row[0] += t["emitted"]
-        row[1] += t["verify_steps"]
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
 def interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     values = sorted(values)
     n = len(values)
@@ -146,6 +136,8 @@ def paired(base: dict, other: dict, resamples: int, seed: int) -> dict:
 
 
 def report(args) -> None:
+    from parity import per_question   # question id -> [emitted, verify steps, reach by depth...]
+
     rows = {}
     for name in RECIPES:
         path = args.work / name / "result.json"
@@ -155,7 +147,7 @@ def report(args) -> None:
     for name in rows:
         f = args.work / name / "real_eval.json"
         if f.exists() and rows[name].get("real_questions"):
-            real[name] = per_question(json.loads(f.read_text()))
+            real[name] = {q: (r[0], r[1]) for q, r in per_question(json.loads(f.read_text())).items()}
     for name, row in rows.items():
         if "decay" in real and name in real:
             row["real_vs_decay"] = paired(real["decay"], real[name], args.resamples, args.seed)
