@@ -17,7 +17,8 @@ Only the recipe's own flags differ:
   training.
 
 Each draft is exported, scored by bench/tau_proxy.py (teacher-forced K = 5 on the target's
-own MT-bench replies) and, with `--real`, decoded for real: both turns of the first
+own MT-bench replies; `proxy_tau_chain`, the served chain's mean accepted length, is the figure
+that keeps the correlation between steps a chain-survival weighting acts on) and, with `--real`, decoded for real: both turns of the first
 `--questions` MT-bench questions, K = 5 chain, counted as `draftsmith eval` counts
 (bench/tau_curve.py `real_tau`, without the plain baseline). `report` writes
 bench/results/methods.json: per recipe the proxy τ, real τ with a bootstrap interval over

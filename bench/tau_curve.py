@@ -160,7 +160,8 @@ def proxy_tau(args, draft_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(target_path)
     model = AutoModelForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
     s, tokens = score(model, tokenizer, draft_dir, target_path, args.questions, args.max_new_tokens, args.proxy_steps)
-    return {"proxy_tau": round(s["tau"], 4), "proxy_acc_k": [round(a, 4) for a in s["acc_k"]],
+    return {"proxy_tau": round(s["tau"], 4), "proxy_tau_chain": round(s["tau_chain"], 4),
+            "proxy_acc_k": [round(a, 4) for a in s["acc_k"]],
             "proxy_tokens": tokens}
 
 

@@ -75,14 +75,23 @@ def score(model, tokenizer, draft_dir: Path, target_path, questions: int, max_ne
     correct = [0] * length            # served: the target's full-vocab argmax (train/ttt.py)
     correct_dv = [0] * length         # within the draft vocab
     count = [0] * length
+    run_sum = 0                       # Σ over step-0 rows of the served chain's accepted length
     for batch in batches:
         with torch.no_grad():
-            r = ttt_forward(draft, batch, length=length, target_head=head, full_head=model.lm_head.weight)
+            r = ttt_forward(draft, batch, length=length, target_head=head, full_head=model.lm_head.weight,
+                            return_chains=True)
         loss = [a + b for a, b in zip(loss, r.loss_sum)]
         correct = [a + b for a, b in zip(correct, r.correct_served)]
         correct_dv = [a + b for a, b in zip(correct_dv, r.correct_draft_vocab)]
         count = [a + b for a, b in zip(count, r.count)]
-    return step_metrics(loss, correct_dv, count, correct), count[0]
+        run_sum += int(r.served_chain.long().cumprod(-1).sum())   # rows not supervised at step 0 add 0
+    metrics = step_metrics(loss, correct_dv, count, correct)
+    # The replies are the target's own greedy text, so the token fed at step k is the one a server feeds
+    # once steps < k are accepted: a row's run of served-right steps is the length a verify step
+    # starting there accepts. tau_chain keeps the correlation between steps that tau's product of
+    # per-step accuracies drops.
+    metrics["tau_chain"] = 1.0 + run_sum / max(1, count[0])
+    return metrics, count[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.drafts:
         s, tokens = score(model, tokenizer, folder, target_path, args.questions, args.max_new_tokens, args.ttt_length)
         row = {"draft": str(folder), "acc_k": [round(a, 4) for a in s["acc_k"]], "tau": round(s["tau"], 4),
+               "tau_chain": round(s["tau_chain"], 4),
                "tau_draft_vocab": round(s["tau_draft_vocab"], 4), "tokens": tokens}
-        print(f"{folder}: tau~{row['tau']:.3f}  acc by step {' '.join(f'{a:.3f}' for a in row['acc_k'])}",
+        print(f"{folder}: tau~{row['tau']:.3f} chain {row['tau_chain']:.3f}  acc by step {' '.join(f'{a:.3f}' for a in row['acc_k'])}",
               flush=True)
         results.append(row)
     out = ROOT / "bench" / "results" / f"{args.name}.json"

@@ -393,3 +393,18 @@ def test_survival_weighting_needs_the_full_vocab_argmax():
     draft, batch, full_head, chosen = _served_case()
     with pytest.raises(ValueError, match="full-vocab argmax"):
         ttt_forward(draft, batch, length=2, target_head=full_head[chosen], weighting="survival")
+
+
+def test_served_chain_rows_add_up_to_the_per_step_counts():
+    """return_chains: row p's step k is True iff a server accepts it; summed over rows it is
+    correct_served, and a (row, step) that supervises nothing is False."""
+    draft, batch, full_head, chosen = _served_case()
+    r = ttt_forward(draft, batch, length=3, target_head=full_head[chosen], full_head=full_head, return_chains=True)
+    chain = r.served_chain
+    assert chain.shape == (*batch["input_ids"].shape, 3)
+    assert chain.sum(dim=(0, 1)).tolist() == r.correct_served
+    t = batch["input_ids"].shape[1]
+    for k in range(3):       # step k at row p supervises target row p+1+k, i.e. loss_mask[p+2+k]
+        supervised = torch.zeros_like(chain[..., k])
+        supervised[:, : t - 2 - k] = batch["loss_mask"][:, 2 + k:].bool()
+        assert not (chain[..., k] & ~supervised).any()

@@ -71,6 +71,8 @@ class TTTResult:
     count: list[int] = field(default_factory=list)       # per step supervised rows
     correct_served: list[int] | None = None              # per step: d2t(draft argmax) == full-vocab target argmax;
     #                                                      None when the full-vocab argmax is unknown
+    served_chain: torch.Tensor | None = None             # return_chains: bool [B, T, length], row p's step k served-
+    #                                                      right (False where step k supervises nothing)
 
 
 def _same_doc(doc_ids: torch.Tensor, shift: int) -> torch.Tensor:
@@ -401,7 +403,7 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
                 attention: str = "blockwise", fused_loss: bool = True,
                 checkpointing: bool = False, step_norm: list[float] | None = None,
-                weighting: str = "decay") -> TTTResult:
+                weighting: str = "decay", return_chains: bool = False) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -419,6 +421,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     weighting: "decay" weighs a step-k row decay**k (the peers' recipe); "survival" also by the
     detached chance that the served chain reaches it (`chain_survival`), "survival-hard" by
     whether it does (token-alignable training); both need the full-vocab target argmax.
+    return_chains: also return `served_chain`, per draft row and step whether a server accepts it
+    (the chain acceptance of a draft started at that row, when the data is the target's own greedy text).
     step_norm: the divisor of step k's CE sum (default: this batch's count, a per-step mean);
     the trainer passes the count over its whole global batch (`step_counts` summed over
     micro-batches and ranks), so that any split of that batch gives the same gradient.
@@ -503,7 +507,12 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
 
     result.correct_draft_vocab = per_step(pred == target_argmax[keep_all])
     if served_argmax is not None:
-        result.correct_served = per_step(draft_to_target[pred] == served_argmax[keep_all])
+        hit = draft_to_target[pred] == served_argmax[keep_all]
+        result.correct_served = per_step(hit)
+        if return_chains:
+            chain = torch.zeros(*input_ids.shape, length, dtype=torch.bool, device=hit.device)
+            chain[torch.cat([b for b, _ in rows_bp]), torch.cat([p for _, p in rows_bp]), steps] = hit
+            result.served_chain = chain
     return result
 
 
