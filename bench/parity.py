@@ -325,6 +325,38 @@ def bootstrap(rows: list[list[float]], resamples: int, seed: int, level: float =
     return lo, hi
 
 
+def paired(base: dict[str, tuple[float, float]], other: dict[str, tuple[float, float]], resamples: int,
+           seed: int, level: float = 0.95) -> dict:
+    """`other` against `base` on the same questions ({question id: (emitted, verify steps)}): τ of
+    `other`, and the ratio of the two τ, with percentile intervals where each resample draws the
+    questions with replacement once for both drafts (paired); `wins`: questions where `other` is higher."""
+    ids = sorted(set(base) & set(other))
+    rng = random.Random(seed)
+
+    def tau(rows: dict, pick: list[str]) -> float:
+        return sum(rows[i][0] for i in pick) / sum(rows[i][1] for i in pick)
+
+    taus, ratios = [], []
+    for _ in range(resamples):
+        pick = [ids[rng.randrange(len(ids))] for _ in ids]
+        taus.append(tau(other, pick))
+        ratios.append(taus[-1] / tau(base, pick))
+    taus.sort()
+    ratios.sort()
+    lo, hi = int((1 - level) / 2 * resamples), min(resamples - 1, int((1 + level) / 2 * resamples))
+    return {"questions": len(ids), "tau": round(tau(other, ids), 4), "tau_ci": [round(taus[lo], 4), round(taus[hi], 4)],
+            "ratio": round(tau(other, ids) / tau(base, ids), 4), "ratio_ci": [round(ratios[lo], 4), round(ratios[hi], 4)],
+            "wins": sum(other[i][0] / other[i][1] > base[i][0] / base[i][1] for i in ids)}
+
+
+def emitted_and_steps(report_path: str) -> dict[str, tuple[float, float]]:
+    """question id -> (emitted tokens, verify steps) of an eval report's first benchmark (or of one
+    benchmark's summary, eval/report.py `benchmark_summary`)."""
+    report = json.loads(Path(report_path).read_text())
+    rows = per_question(report["benchmarks"][0] if "benchmarks" in report else report)
+    return {q: (r[0], r[1]) for q, r in rows.items()}
+
+
 def summarize_eval(report_path: str, resamples: int, seed: int) -> dict:
     report = json.loads(Path(report_path).read_text())
     s = report["benchmarks"][0]
@@ -556,9 +588,13 @@ def drive(args, argv) -> int:
 
     result = {impl: summarize_eval(chain[impl]["report"], args.resamples, args.seed) for impl in IMPLS}
     result["verdict"] = verdict(result["draftsmith"], result["specforge"])
+    result["draftsmith_vs_specforge"] = paired(*(emitted_and_steps(chain[i]["report"]) for i in ("specforge", "draftsmith")),
+                                               args.resamples, args.seed)
     if tree:
         result["tree"] = {impl: summarize_eval(tree[impl]["report"], args.resamples, args.seed) for impl in IMPLS}
         result["tree"]["verdict"] = verdict(result["tree"]["draftsmith"], result["tree"]["specforge"])
+        result["tree"]["draftsmith_vs_specforge"] = paired(
+            *(emitted_and_steps(tree[i]["report"]) for i in ("specforge", "draftsmith")), args.resamples, args.seed)
     result.update({
         "command": "python bench/parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -82,3 +82,25 @@ def test_depth_intervals_bracket_the_pooled_acceptance(parity):
         lo, hi = parity.bootstrap(rows, 2000, seed=1, numerator=2 + depth)
         assert lo <= s["accept_rate"][depth] <= hi
         assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_paired_ratio_of_a_draft_with_itself_and_a_uniform_lift(parity, tmp_path):
+    """The paired interval of a draft against itself is the point 1; a draft whose every question
+    emits 10 % more tokens per verify step has ratio 1.10 in every resample; its own τ interval is
+    the unpaired bootstrap's, up to its draws."""
+    import json
+
+    summary = benchmark_summary(_result(4, 12))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"benchmarks": [summary]}))
+    base = parity.emitted_and_steps(str(path))
+    assert base == parity.emitted_and_steps(str(path)) and len(base) == 12
+    same = parity.paired(base, base, 2000, 0)
+    assert same["ratio"] == same["ratio_ci"][0] == same["ratio_ci"][1] == 1.0 and same["wins"] == 0
+    lifted = {q: (e * 1.1, s) for q, (e, s) in base.items()}
+    r = parity.paired(base, lifted, 2000, 0)
+    assert r["ratio"] == pytest.approx(1.1) and r["ratio_ci"] == pytest.approx([1.1, 1.1]) and r["wins"] == 12
+    rows = [[e, s] for e, s in base.values()]
+    lo, hi = parity.bootstrap(rows, 2000, 0)        # the unpaired bootstrap: other draws, the same spread
+    assert same["tau_ci"] == pytest.approx([lo, hi], abs=0.01) and lo < same["tau"] < hi
+    assert parity.emitted_and_steps(str(path)) == {q: tuple(v) for q, v in base.items()}
