@@ -34,13 +34,19 @@ MIN_SAMPLES = 8         # fewer conversations than this do not train a draft wor
 
 @dataclass(frozen=True)
 class TauFit:
-    """τ = a + b·log2(supervised training tokens × epochs), fitted on [lo_tokens, hi_tokens]."""
+    """τ = a + b·log2(supervised training tokens × epochs), fitted on [lo_tokens, hi_tokens], for
+    one target (`model`, its folder name) trained on the dataset's own replies (not regenerated)."""
 
     a: float
     b: float
     lo_tokens: int
     hi_tokens: int
     source: str
+    model: str = "SmolLM2-135M-Instruct"
+
+    def applies(self, model: str, regenerated: bool) -> bool:
+        """Whether the fit was measured on this target and kind of replies (it does not transfer)."""
+        return model == self.model and not regenerated
 
     def predict(self, tokens: float) -> float:
         return self.a + self.b * math.log2(max(tokens, 1.0))

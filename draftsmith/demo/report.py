@@ -43,7 +43,6 @@ class DemoSummary:
     train_tau: float | None  # simulated tau as served (full-vocab argmax), mean over the last tenth of the steps
     train_acc: list[float]   # per TTT step, the same window
     train_tau_draft_vocab: float | None = None  # the same within the draft vocab (what peers report)
-    epochs: int = 1
     curve: dict = field(default_factory=dict)  # where this run sits on the measured τ-per-budget curve
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -88,13 +87,13 @@ def demo_summary(state: dict) -> DemoSummary:
     features = result["hidden-states"]
     steps, train_tau, train_acc, train_tau_dv = training_tail(read_jsonl(Path(result["train"]["metrics"])))
     model = Path(result["model"]["model_path"]).name
-    replies = "the target's own" if result.get("regenerate-data", {}).get("regenerated") else "ShareGPT's"
+    regenerated = bool(result.get("regenerate-data", {}).get("regenerated"))
     supervised = int(result["build-dataset"]["supervised_tokens"])
     epochs = int(settings.get("num_epochs", settings.get("epochs", 1)))
     return DemoSummary(
         model=model,
         conversations=int(result["build-dataset"]["rows"]),
-        replies=replies,
+        replies="the target's own" if regenerated else "ShareGPT's",
         tokens=int(result["build-dataset"]["tokens"]),
         supervised_tokens=supervised,
         num_steps=int(settings["draft_depth"]),
@@ -113,23 +112,19 @@ def demo_summary(state: dict) -> DemoSummary:
         train_tau=train_tau,
         train_acc=train_acc,
         train_tau_draft_vocab=train_tau_dv,
-        epochs=epochs,
-        curve=budget_point(model, replies, supervised, epochs),
+        curve=budget_point(model, regenerated, supervised, epochs),
         stage_seconds={name: float(rec["seconds"]) for name, rec in sorted(state["stages"].items(), key=_pipeline_order)
                        if rec.get("status") == "done"},
     )
 
 
-CURVE_MODEL = "SmolLM2-135M-Instruct"   # the target and replies TAU_FIT was measured on
-
-
-def budget_point(model: str, replies: str, supervised_tokens: int, epochs: int) -> dict:
+def budget_point(model: str, regenerated: bool, supervised_tokens: int, epochs: int) -> dict:
     """This run on the τ-per-budget curve (demo/budget.py TAU_FIT, docs/benchmarks.md §6.2): the τ the
-    fit expects at its supervised tokens × epochs and at 2× and 4× that budget. Empty for another
-    target or for the target's own replies: the fit does not transfer (rerun bench/tau_curve.py)."""
+    fit expects at its supervised tokens × epochs and at 2× and 4× that budget. Empty where the fit
+    was not measured (another target, or the target's own replies; rerun bench/tau_curve.py)."""
     from draftsmith.demo.budget import TAU_FIT
 
-    if model != CURVE_MODEL or replies != "ShareGPT's":
+    if not TAU_FIT.applies(model, regenerated):
         return {}
     tokens = supervised_tokens * epochs
     return {"trained_tokens": tokens, "expected_tau": round(TAU_FIT.predict(tokens), 3),
@@ -174,8 +169,10 @@ def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
                      f"measured up to {c['measured_up_to']:,} tokens, beyond is the fit's extrapolation; "
                      "docs/benchmarks.md 6.2; `draftsmith demo --budget MINUTES` sizes a run)"))
     else:
+        from draftsmith.demo.budget import TAU_FIT
+
         rows.append(("on the tau-per-budget curve", f"not measured for this target and data (the curve is "
-                                                   f"{CURVE_MODEL}'s on ShareGPT replies; bench/tau_curve.py)"))
+                                                   f"{TAU_FIT.model}'s on ShareGPT replies; bench/tau_curve.py)"))
     rows += [(f"time: {name}", fmt_seconds(sec)) for name, sec in s.stage_seconds.items()]
     rows.append(("time: total", fmt_seconds(s.total_seconds)))
     return rows

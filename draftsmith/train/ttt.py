@@ -488,14 +488,15 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         return result
     keep_all = torch.cat([step_rows(qb, qq, k, qpos)[0].nonzero().flatten() for k in range(length)])
     x, row_w, steps = torch.cat(rows_x), torch.cat(row_w), torch.cat(step_of_row)
+    if weighting != "decay" or return_chains:   # each row's (batch row, draft row), for per-chain figures
+        all_b, all_p = torch.cat([b for b, _ in rows_bp]), torch.cat([p for _, p in rows_bp])
     chunk = max(1, LOGITS_CHUNK_ELEMENTS * (16 if x.is_cuda else 1) // draft.config.draft_vocab_size)
     if weighting != "decay":
         served_draft = torch.full((draft.config.vocab_size,), -1, dtype=torch.long, device=x.device)
         served_draft[draft_to_target] = torch.arange(draft.config.draft_vocab_size, device=x.device)
         aligned = input_ids[qb, qq + 1] == served_argmax
         row_w = row_w * chain_survival(
-            x.detach(), draft.lm_head.weight, keep_all, torch.cat([b for b, _ in rows_bp]),
-            torch.cat([p for _, p in rows_bp]), steps, served_draft[served_argmax], aligned,
+            x.detach(), draft.lm_head.weight, keep_all, all_b, all_p, steps, served_draft[served_argmax], aligned,
             (input_ids.shape[0], input_ids.shape[1], length), weighting == "survival-hard", chunk)
     args = (x, draft.lm_head.weight, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
@@ -511,7 +512,7 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         result.correct_served = per_step(hit)
         if return_chains:
             chain = torch.zeros(*input_ids.shape, length, dtype=torch.bool, device=hit.device)
-            chain[torch.cat([b for b, _ in rows_bp]), torch.cat([p for _, p in rows_bp]), steps] = hit
+            chain[all_b, all_p, steps] = hit
             result.served_chain = chain
     return result
 
