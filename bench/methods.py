@@ -15,6 +15,8 @@ Only the recipe's own flags differ:
   started at that row is still alive at step k.
 - `survival-hard`: the same with 0/1 (the draft's argmax is the target's), token-alignable
   training.
+- `feature`: `--feature-loss 1.0`, EAGLE-1's regression of the draft's normed output on the
+  target's last hidden state added to EAGLE-3's loss: a dense target per row for a data-starved draft.
 
 Each draft is exported, scored by bench/tau_proxy.py (teacher-forced K = 5 on the target's
 own MT-bench replies; `proxy_tau_chain`, the served chain's mean accepted length, is the figure
@@ -51,6 +53,8 @@ RECIPES: dict[str, tuple[list[str], str]] = {
     "survival-hard": (["--ttt-weighting", "survival-hard", "--loss-decay", "1.0"],
                       "only rows a served chain reaches (token-alignable)"),
     "survival-decay": (["--ttt-weighting", "survival"], "survival x 0.8**k"),
+    "feature": (["--feature-loss", "1.0"], "EAGLE-1's feature regression (SmoothL1 on the target's last hidden "
+                                           "state) beside EAGLE-3's distribution loss"),
     "head-init": (["--lm-head-init", "target"], "the draft's lm_head starts as the target's rows (speculators "
                                                 "does this; not a method of its own for #15 §4)"),
 }

@@ -272,6 +272,29 @@ def fit_log2(tokens: list[float], tau: list[float]) -> dict:
             "lo_tokens": int(min(tokens)), "hi_tokens": int(max(tokens))}
 
 
+def fit_epochs(rows: list[dict], key: str) -> dict | None:
+    """Least squares τ = a + b·log2(supervised tokens) + c·log2(epochs) over rows with 1 and more epochs:
+    gamma = c / b is what a repeated epoch is worth against as many fresh tokens (1: as much, 0: nothing),
+    with its standard error (OLS covariance, delta method). None without two epoch counts."""
+    pts = [(r["trained_tokens"] / r["epochs"], r["epochs"], r[key]) for r in rows if r.get(key) is not None]
+    if len({e for _, e, _ in pts}) < 2 or len(pts) < 5:
+        return None
+    x = np.array([[1.0, math.log2(sup), math.log2(e)] for sup, e, _ in pts])
+    y = np.array([t for _, _, t in pts])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef
+    dof = len(y) - 3
+    cov = float(resid @ resid) / dof * np.linalg.inv(x.T @ x) if dof > 0 else np.full((3, 3), np.nan)
+    a, b, c = (float(v) for v in coef)
+    grad = np.array([0.0, -c / b ** 2, 1.0 / b])          # d gamma / d (a, b, c)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return {"a": a, "b": b, "c": c, "gamma": c / b, "gamma_se": float(math.sqrt(max(grad @ cov @ grad, 0.0))),
+            "b_se": float(math.sqrt(max(cov[1, 1], 0.0))), "residuals": [float(v) for v in resid],
+            "r2": 1 - float(resid @ resid) / ss_tot if ss_tot > 0 else None, "points": len(y),
+            "epochs": sorted({e for _, e, _ in pts}), "lo_tokens": int(min(r["trained_tokens"] for r in rows)),
+            "hi_tokens": int(max(r["trained_tokens"] for r in rows))}
+
+
 def predict(fit: dict, tokens: float) -> float:
     return fit["a"] + fit["b"] * math.log2(tokens)
 
@@ -290,8 +313,8 @@ def gather(args, name: str) -> dict:
         raise SystemExit(f"no points in {folder}")
     tokens = [r["trained_tokens"] for r in rows]
     fits = {}
-    for key in ("proxy_tau", "heldout_tau", "real_tau"):
-        pts = [(r["trained_tokens"], r[key]) for r in rows if r.get(key) is not None]
+    for key in ("proxy_tau", "heldout_tau", "real_tau"):     # the nested one-epoch points
+        pts = [(r["trained_tokens"], r[key]) for r in rows if r.get(key) is not None and r["epochs"] == 1]
         if len(pts) >= 3:
             fits[key] = fit_log2(*zip(*pts))
     real = [r for r in rows if r.get("real_tau") is not None]
@@ -309,6 +332,10 @@ def gather(args, name: str) -> dict:
         pts = [(r["trained_tokens"], r["real_tau"]) for r in rows + same if r.get("real_tau") is not None]
         if len(pts) >= 3 and max(p[0] for p in pts) >= 4 * min(p[0] for p in pts):   # a span to fit a slope on
             fits["real_tau_with_earlier"] = fit_log2(*zip(*pts))
+        for key in ("proxy_tau", "real_tau"):
+            joint = fit_epochs(rows + same, key)
+            if joint is not None:
+                fits[f"{key}_epochs"] = joint
     summary = {"name": name, "points": rows, "fits": fits, "earlier": earlier,
                "pearson_proxy_real_all": pearson(*zip(*pairs)) if len(pairs) >= 3 else None,
                "proxy_real_pairs": len(pairs),
@@ -325,7 +352,8 @@ def gather(args, name: str) -> dict:
 
 # Earlier drafts of the same recipe (demo hyper-parameters, ShareGPT or regenerated replies, all the conversations
 # of their run: the held-out split above is not excluded) whose proxy τ and real τ were both measured:
-# (label, replies, proxy file + draft, demo summary file, epochs override when the draft was trained apart).
+# (label, replies, proxy file + draft, demo summary file (or that summary inline), epochs when the draft's own run
+# did not decode it: then it has no real τ).
 EARLIER = [
     ("default demo, 2026-12-01", "sharegpt", ("bench/results/tau_curve_demo_default_proxy.json", None),
      "cache/demo/default/report/demo_report.json", None),
@@ -337,9 +365,27 @@ EARLIER = [
     ("1,000 conversations, 2026-11-26", "sharegpt", ("bench/results/tau_proxy_recipes.json",
                                                      "cache/demo/c1000e1/draft"),
      "bench/results/demo_1000conv_1epoch.json", None),
+    ("1,000 conversations x 2 epochs, 2026-12-01 (eval stopped)", "sharegpt",
+     ("bench/results/tau_proxy_demo_1000conv_2epochs.json", None),
+     {"summary": {"conversations": 871, "supervised_tokens": 305_126}, "settings": {"num_epochs": 2}}, 2),
     ("--regenerate 128, 2026-11-26", "own", ("bench/results/tau_proxy_recipes.json", "cache/demo/regen500/draft"),
      "bench/results/demo_regenerate.json", None),
 ]
+
+
+def against(other: dict, sharegpt: dict) -> dict:
+    """Another curve's points against the ShareGPT proxy fit at the same trained tokens: τ above that fit,
+    and the same in doublings of ShareGPT data (what a token of the other data is worth)."""
+    fit = sharegpt["fits"]["proxy_tau"]
+    rows = [r for r in other["points"] if r["epochs"] == 1]
+    above = [r["proxy_tau"] - predict(fit, r["trained_tokens"]) for r in rows]
+    real = sharegpt["fits"].get("real_tau")
+    above_real = [r["real_tau"] - predict(real, r["trained_tokens"]) for r in rows
+                  if real is not None and r.get("real_tau") is not None]
+    return {"fit": "sharegpt proxy_tau (nested, 1 epoch)", "points": [r["trained_tokens"] for r in rows],
+            "proxy_above": [round(v, 4) for v in above], "mean_proxy_above": float(np.mean(above)) if above else None,
+            "doublings": float(np.mean(above)) / fit["b"] if above else None,
+            "real_above_real_fit": [round(v, 4) for v in above_real]}
 
 
 def earlier_points() -> list[dict]:
@@ -348,7 +394,7 @@ def earlier_points() -> list[dict]:
     for label, replies, (proxy_file, draft), demo_file, epochs in EARLIER:
         try:
             proxy = json.loads((ROOT / proxy_file).read_text())
-            demo = json.loads((ROOT / demo_file).read_text())
+            demo = demo_file if isinstance(demo_file, dict) else json.loads((ROOT / demo_file).read_text())
         except (OSError, json.JSONDecodeError):
             continue
         proxy_tau = next(r["tau"] for r in proxy["results"] if draft is None or r["draft"] == draft)
@@ -357,7 +403,8 @@ def earlier_points() -> list[dict]:
         rows.append({"label": label, "replies": replies, "conversations": summary["conversations"], "epochs": e,
                      "trained_tokens": summary["supervised_tokens"] * e, "proxy_tau": proxy_tau,
                      "real_tau": None if epochs else round(summary["tau"], 4),
-                     "real_questions": summary["eval_questions"], "source": [proxy_file, demo_file]})
+                     "real_questions": summary.get("eval_questions"),
+                     "source": [proxy_file, demo_file if isinstance(demo_file, str) else "docs/benchmarks.md §6"]})
     return rows
 
 
@@ -464,9 +511,14 @@ def main(argv: list[str] | None = None) -> int:
             n, e = parse_point(text)
             run_point(args, n, e, (n, e) in real)
         return 0
-    summaries = []
-    for name in args.name:
-        s = gather(args, name)
+    summaries = [gather(args, name) for name in args.name]
+    by_name = {s["name"]: s for s in summaries}
+    if "sharegpt" in by_name:
+        for s in summaries:
+            if s["name"] != "sharegpt":
+                s["against_sharegpt"] = against(s, by_name["sharegpt"])
+    for s in summaries:
+        name = s["name"]
         s.update(command="python bench/tau_curve.py " + " ".join(argv or sys.argv[1:]),
                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -474,10 +526,13 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(s, indent=2) + "\n")
         print(f"## {name}\n\n{table(s)}\n")
         for key, f in s["fits"].items():
-            print(f"{key}: tau = {f['a']:.3f} + {f['b']:.4f} * log2(tokens)  (R2 {f['r2']}, residuals "
-                  f"{' '.join(f'{v:+.3f}' for v in f['residuals'])})")
+            form = "log2(tokens)" if "c" not in f else f"(log2(supervised) + {f['gamma']:.2f} log2(epochs))"
+            print(f"{key}: tau = {f['a']:.3f} + {f['b']:.4f} * {form}  (R2 {f['r2']}, residuals "
+                  f"{' '.join(f'{v:+.3f}' for v in f['residuals'])})"
+                  + (f", gamma {f['gamma']:.2f} +- {f['gamma_se']:.2f}" if "c" in f else ""))
+        if "against_sharegpt" in s:
+            print(f"against sharegpt: {s['against_sharegpt']}")
         print(f"proxy vs real: {s['proxy_vs_real']}\nwrote {out}")
-        summaries.append(s)
     plot(summaries, ROOT / "bench" / "results" / "tau_curve.png")
     return 0
 

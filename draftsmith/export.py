@@ -20,7 +20,12 @@ their loaders):
   top-level `eagle_aux_hidden_state_layer_ids` as is and the target model
   (vllm/model_executor/models/llama.py) appends `hidden_states + residual` before layer
   `idx` for `idx in aux_hidden_state_layers`. So vLLM id i = input of layer i = HF
-  hidden_states[i]. Both engines default to (2, L//2, L-3) in their own convention.
+  hidden_states[i]. Without ids both engines capture HF hidden_states (2, L//2, L-3): SGLang
+  0.5.23 srt/models/llama.py:933-936 stores that default in `layers_to_capture` without the + 1,
+  vLLM 0.33.0 v1/worker/gpu_model_runner.py:5180-5186 falls back to
+  model_executor/models/interfaces.py:1751-1772. A folder without them (SpecForge's export) is
+  served with those layers: `inspect` warns, and refuses only where one engine's ids are given and
+  the other engine's default differs from them.
 draftsmith stores HF hidden_states indices, writes them top-level for vLLM and minus one
 in `eagle_config` for SGLang.
 
@@ -203,26 +208,37 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
                         "on export")
     theta = need("rope_theta", (int, float))
     if "rope_scaling" not in config:
-        errors.append("config.json: missing 'rope_scaling' (write null for plain rope): SGLang and vLLM read "
-                      "the top-level rope keys, not transformers 5's rope_parameters")
+        message = ("config.json: missing 'rope_scaling': SGLang and vLLM read the top-level rope keys (not "
+                   "transformers 5's rope_parameters) and run plain rope without it")
+        if target is not None and target["rope_scaling"] is not None:
+            errors.append(f"{message}; the target scales rope ({target['rope_scaling']})")
+        else:
+            warnings.append(f"{message}{'' if target is not None else ' (no target given to compare)'}")
 
     top = config.get("eagle_aux_hidden_state_layer_ids")
     eagle = config.get("eagle_config")
     sglang_ids = eagle.get("eagle_aux_hidden_state_layer_ids") if isinstance(eagle, Mapping) else None
-    if not _int_list(top, 3):
-        errors.append(f"config.json: eagle_aux_hidden_state_layer_ids = {top!r}; vLLM reads three target "
-                      "layer ids here (HF hidden_states indices)")
-    if not _int_list(sglang_ids, 3):
-        errors.append(f"config.json: eagle_config.eagle_aux_hidden_state_layer_ids = {sglang_ids!r}; SGLang "
-                      "reads three layer ids here")
-    if _int_list(top, 3) and _int_list(sglang_ids, 3):
-        if [i + 1 for i in sglang_ids] != list(top):
+    default = None if target is None else [2, target["num_hidden_layers"] // 2, target["num_hidden_layers"] - 3]
+    if top is None or sglang_ids is None:
+        errors_, warnings_ = _default_aux_layers(top, sglang_ids, default)
+        errors.extend(errors_)
+        warnings.extend(warnings_)
+    else:
+        if not _int_list(top, 3):
+            errors.append(f"config.json: eagle_aux_hidden_state_layer_ids = {top!r}; vLLM reads three target "
+                          "layer ids here (HF hidden_states indices)")
+        if not _int_list(sglang_ids, 3):
+            errors.append(f"config.json: eagle_config.eagle_aux_hidden_state_layer_ids = {sglang_ids!r}; SGLang "
+                          "reads three layer ids here")
+        if _int_list(top, 3) and _int_list(sglang_ids, 3) and [i + 1 for i in sglang_ids] != list(top):
             errors.append(f"config.json: SGLang ids {sglang_ids} + 1 != vLLM ids {top}: SGLang captures the "
                           "output of layer id (input of id + 1), vLLM the input of layer id")
-        if len(set(top)) != 3 or sorted(top) != list(top):
-            errors.append(f"config.json: aux layer ids {top} must be three distinct increasing layers")
-        if min(top) < 0:
-            errors.append(f"config.json: aux layer ids {top}: negative; 0 (the embedding output, SGLang id -1) "
+    hf_ids = list(top) if _int_list(top, 3) else [i + 1 for i in sglang_ids] if _int_list(sglang_ids, 3) else None
+    if hf_ids is not None:
+        if len(set(hf_ids)) != 3 or sorted(hf_ids) != hf_ids:
+            errors.append(f"config.json: aux layer ids {hf_ids} must be three distinct increasing layers")
+        if min(hf_ids) < 0:
+            errors.append(f"config.json: aux layer ids {hf_ids}: negative; 0 (the embedding output, SGLang id -1) "
                           "is the lowest both engines capture")
 
     if target is not None:
@@ -231,15 +247,44 @@ def check_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = N
         th = config.get("target_hidden_size") or config.get("hidden_size")
         if isinstance(th, int) and th != target["hidden_size"]:
             errors.append(f"config.json: target_hidden_size {th} != target hidden_size {target['hidden_size']}")
-        if _int_list(top, 3) and max(top) >= target["num_hidden_layers"]:
-            errors.append(f"config.json: aux layer ids {top} out of range for a target with "
+        if hf_ids is not None and max(hf_ids) >= target["num_hidden_layers"]:
+            errors.append(f"config.json: aux layer ids {hf_ids} out of range for a target with "
                           f"{target['num_hidden_layers']} layers (the last usable input is layer "
                           f"{target['num_hidden_layers'] - 1})")
         if theta is not None and not math.isclose(float(theta), float(target["rope_theta"]), rel_tol=1e-6):
             errors.append(f"config.json: rope_theta {theta} != target rope_theta {target['rope_theta']}")
-        if _rope_scaling_core(config.get("rope_scaling")) != _rope_scaling_core(target["rope_scaling"]):
+        if "rope_scaling" in config and _rope_scaling_core(config["rope_scaling"]) != _rope_scaling_core(
+                target["rope_scaling"]):
             errors.append(f"config.json: rope_scaling {config.get('rope_scaling')} != target "
                           f"{target['rope_scaling']}")
+    return errors, warnings
+
+
+def _default_aux_layers(top: Any, sglang_ids: Any, default: list[int] | None) -> tuple[list[str], list[str]]:
+    """A config that leaves one or both engines' aux ids out: that engine captures its default, HF
+    hidden_states (2, L//2, L-3) (module docstring). Refused only for an engine whose default differs
+    from the ids the other engine is given; otherwise a warning naming the layers served."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    where = "HF hidden_states (2, L//2, L-3)" + (f" = {default}" if default else "")
+    if top is None and sglang_ids is None:
+        warnings.append(f"config.json: no aux layer ids (eagle_aux_hidden_state_layer_ids, eagle_config): SGLang "
+                        f"and vLLM both capture their default, {where}; serve it only if the draft was trained on "
+                        "those layers (SpecForge's default)")
+        return errors, warnings
+    given, missing, hf = (("vLLM", "sglang", top) if sglang_ids is None else
+                          ("SGLang", "vllm", [i + 1 for i in sglang_ids] if _int_list(sglang_ids, 3) else None))
+    key = "eagle_config.eagle_aux_hidden_state_layer_ids" if missing == "sglang" else "eagle_aux_hidden_state_layer_ids"
+    if hf is None or not _int_list(hf, 3):
+        errors.append(f"config.json: {given}'s aux layer ids {top if missing == 'sglang' else sglang_ids!r} are "
+                      "not three layer ids")
+    elif default is not None and list(hf) != default:
+        errors.append(Problem(f"config.json: missing {key}: {ENGINE_NAMES[missing]} captures its default {where}, "
+                              f"but {given} is given HF hidden_states {list(hf)}", engines=(missing,)))
+    else:
+        warnings.append(f"config.json: missing {key}: {ENGINE_NAMES[missing]} captures its default, {where}"
+                        + ("" if default is not None else "; no target given to compare with the ids "
+                           f"{given} is given (HF hidden_states {list(hf)})"))
     return errors, warnings
 
 

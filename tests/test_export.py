@@ -416,3 +416,82 @@ def test_inspect_warns_vllm_pipeline_parallel_needs_the_draft_embeddings(checkpo
     export_checkpoint(ExportConfig(checkpoint=checkpoint, output_dir=out, target_model_path=tiny_llama_dir,
                                    include_embeddings=True))
     assert not any("--include-embeddings" in w for w in check_folder(out).warnings)
+
+
+# ----- a config that leaves the aux ids or rope_scaling out (SpecForge 0.2.0's SGLang export) ---------
+
+def _served_default_layers(num_layers: int = 32) -> tuple[dict, dict]:
+    """A served config whose aux layers are the engines' default, HF hidden_states (2, L//2, L-3)."""
+    cfg = Eagle3Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=16, vocab_size=1000, draft_vocab_size=100, target_hidden_size=64,
+                       aux_layer_ids=[2, num_layers // 2, num_layers - 3], target_num_hidden_layers=num_layers,
+                       rope_theta=10000.0, rope_scaling=None)
+    target = {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": num_layers, "rope_theta": 10000.0,
+              "rope_scaling": None}
+    return cfg.to_config_dict(), target
+
+
+def test_engine_default_aux_layers_serve_a_config_without_ids():
+    """Without ids, SGLang 0.5.23 captures `layers_to_capture = [2, L//2, L-3]` before those layers
+    (srt/models/llama.py:933-936: no + 1 on the default) and vLLM 0.33.0 falls back to
+    `get_eagle3_default_aux_hidden_state_layers` = (2, L//2, L-3), captured before layer idx
+    (v1/worker/gpu_model_runner.py:5180-5186, model_executor/models/interfaces.py:1751-1772): both
+    HF hidden_states (2, L//2, L-3). Such a folder loads in both: a warning names the layers."""
+    served, target = _served_default_layers()
+    served.pop("eagle_aux_hidden_state_layer_ids")
+    served.pop("eagle_config")
+    errors, warnings = check_config(served, target)
+    assert errors == []
+    assert any("no aux layer ids" in w and "[2, 16, 29]" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("drop", ["sglang", "vllm"])
+def test_one_engines_ids_missing_is_refused_only_where_its_default_differs(drop):
+    served, target = _served_default_layers()
+    if drop == "sglang":
+        served.pop("eagle_config")
+    else:
+        served.pop("eagle_aux_hidden_state_layer_ids")
+    errors, warnings = check_config(served, target)
+    assert errors == [] and any("captures its default" in w for w in warnings)   # given ids = the default
+
+    served, target = _served_default_layers()
+    served["eagle_aux_hidden_state_layer_ids"] = [1, 16, 29]
+    served["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = [0, 15, 28]
+    served.pop("eagle_config" if drop == "sglang" else "eagle_aux_hidden_state_layer_ids")
+    errors, _ = check_config(served, target)
+    assert len(errors) == 1 and "captures its default" in errors[0] and "[1, 16, 29]" in errors[0]
+    assert errors[0].engines == (drop,)            # only the engine without ids serves other layers
+
+
+def test_missing_rope_scaling_is_plain_rope():
+    """Both engines read the top-level rope_scaling; absent, they run plain rope: fine for a plain
+    target (a warning), refused for a scaled one."""
+    served, target = _served_default_layers()
+    served.pop("rope_scaling")
+    errors, warnings = check_config(served, target)
+    assert errors == [] and any("missing 'rope_scaling'" in w for w in warnings)
+    target["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    errors, _ = check_config(served, target)
+    assert len(errors) == 1 and "the target scales rope" in errors[0]
+
+
+def test_eval_loads_a_folder_without_aux_ids_with_the_engines_default(exported, tiny_llama_dir, tmp_path):
+    """`draftsmith eval` decodes such a folder with the layers the engines would capture, not refuse it."""
+    import json
+    import shutil
+
+    from draftsmith.draft.model import Eagle3Draft
+
+    folder = tmp_path / "no_ids"
+    shutil.copytree(exported, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("eagle_aux_hidden_state_layer_ids", "eagle_config", "draftsmith"):
+        cfg.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="aux_layer_ids"):
+        Eagle3Draft.from_pretrained(folder)                 # no target to take the default from
+    layers = load_target_config(tiny_llama_dir).num_hidden_layers
+    draft = Eagle3Draft.from_pretrained(folder, target_layers=layers)
+    assert draft.config.aux_layer_ids == [2, layers // 2, layers - 3]
+    assert draft.config.target_num_hidden_layers == layers

@@ -408,3 +408,38 @@ def test_served_chain_rows_add_up_to_the_per_step_counts():
         supervised = torch.zeros_like(chain[..., k])
         supervised[:, : t - 2 - k] = batch["loss_mask"][:, 2 + k:].bool()
         assert not (chain[..., k] & ~supervised).any()
+
+
+def test_feature_loss_adds_the_row_weighted_smooth_l1_by_hand():
+    """--feature-loss W: loss + W Σ_k decay^k / n_k Σ_rows mean_h SmoothL1(norm(step-k output at row p),
+    hidden_state[p+1+k]), over the rows the distribution loss supervises; its gradient reaches the draft."""
+    draft, batch, full_head, chosen = _served_case(seed=2)
+    length, decay, w = 3, 0.8, 0.5
+    base = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen])
+    with_f = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen], feature_weight=w)
+    with torch.no_grad():
+        outs = {k: (out, index) for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"],
+                                                              length)}
+        b, t = batch["input_ids"].shape
+        by_hand = 0.0
+        for k in range(length):
+            out, index = outs[k]
+            terms = []
+            for i in range(b):
+                for p in range(t):
+                    q = p + 1 + k
+                    if q + 1 >= t or not batch["loss_mask"][i, q + 1] or not batch["attention_mask"][i, q + 1]:
+                        continue
+                    x = draft.norm(out[index[i, p]])
+                    terms.append(torch.nn.functional.smooth_l1_loss(x, batch["hidden_state"][i, q]).item())
+            if terms:
+                by_hand += decay ** k * sum(terms) / len(terms)
+    assert with_f.count == base.count
+    assert float(with_f.loss.detach() - base.loss.detach()) == pytest.approx(w * by_hand, abs=2e-6)  # fp32 losses ~5
+    draft.zero_grad()
+    (with_f.loss - base.loss.detach()).backward()
+    assert draft.fc.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="hidden_state"):
+        topk = {k: v for k, v in batch.items() if k != "hidden_state"}
+        ttt_forward(draft, {**topk, "target_topk_ids": torch.zeros(b, t, 2, dtype=torch.long),
+                            "target_topk_logits": torch.zeros(b, t, 2)}, length=1, feature_weight=w)

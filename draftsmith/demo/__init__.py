@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if plan_text:
         from draftsmith.demo.budget import add_to_report
 
-        add_to_report(folder, plan_text)
+        print(add_to_report(folder, run_dir, plan_text, summary.stage_seconds))
     print()
     print(format_table(summary))
     print(f"\nreport: {folder}/ (demo_report.md, demo_report.json, plots)")

@@ -2,19 +2,24 @@
 
 Three parts:
 
-- `calibrate(...)` measures this machine: the target's forward with hidden states (the
-  hidden-states stage, tokens/s), a fresh draft's training step (TTT forward, backward and
-  AdamW, tokens/s), plain greedy decoding (new tokens/s) and one speculative verify step
-  (seconds), each on a few short runs, plus the time to load the target (paid once per stage);
+- `measure_sample(...)` runs the demo's own stages on a sample of the data (prepare-data,
+  build-dataset, hidden-states, one epoch of train): tokens per conversation, the share kept,
+  and the hidden-states and training throughput as the stages really run (batching by padded
+  width, the feature codec, disk, data loading; a synthetic forward on random tokens ran 24 %
+  faster than the hidden-states stage here, so the plan overran); `calibrate(...)` measures
+  plain greedy decoding (new tokens/s) and one speculative verify step (seconds) on a few short
+  runs, plus the time to load the target (paid once per stage);
 - `plan_budget(...)` is pure arithmetic on those throughputs and the data's shape (tokens per
   conversation, the share of conversations the dataset keeps, measured by the demo's own
   prepare-data + build-dataset on a sample): the eval's cost is fixed (questions × 2 turns ×
   max new tokens, plain decoding plus speculative decoding at τ = 1, an upper bound), and the
-  rest buys conversations at one epoch each (hidden states + training); once every available
-  conversation is in, more epochs (at most `MAX_EPOCHS`);
-- `TAU_FIT`: τ = a + b·log2(supervised tokens × epochs), the least-squares fit of the measured
+  rest buys conversations (hidden states once, training once per epoch); of the conversation ×
+  epoch mixes that fit (1 to `MAX_EPOCHS` epochs), it takes the one the fit expects the highest τ of;
+- `TAU_FIT`: τ = a + b·log2(supervised tokens × epochs^γ), the least-squares fit of the measured
   τ-per-budget curve (bench/tau_curve.py, docs/benchmarks.md "τ per training budget"), which
-  says what τ the chosen size is expected to reach and what a 2× budget would give.
+  says what τ the chosen size is expected to reach and what a 2× budget would give; γ says
+  what a repeated epoch is worth against as many fresh tokens (1: as much, 0: nothing), from the
+  curve's points at equal tokens with 1, 2 and 4 epochs.
 
 The plan never promises more than the fit's range: outside the measured token range the
 expected τ is marked as an extrapolation.
@@ -34,8 +39,9 @@ MIN_SAMPLES = 8         # fewer conversations than this do not train a draft wor
 
 @dataclass(frozen=True)
 class TauFit:
-    """τ = a + b·log2(supervised training tokens × epochs), fitted on [lo_tokens, hi_tokens], for
-    one target (`model`, its folder name) trained on the dataset's own replies (not regenerated)."""
+    """τ = a + b·log2(supervised training tokens × epochs^gamma), fitted on trained tokens (supervised ×
+    epochs) in [lo_tokens, hi_tokens], for one target (`model`, its folder name) trained on the dataset's
+    own replies (not regenerated). gamma: a repeated epoch's worth against fresh tokens (1: the same)."""
 
     a: float
     b: float
@@ -43,24 +49,26 @@ class TauFit:
     hi_tokens: int
     source: str
     model: str = "SmolLM2-135M-Instruct"
+    gamma: float = 1.0
 
     def applies(self, model: str, regenerated: bool) -> bool:
         """Whether the fit was measured on this target and kind of replies (it does not transfer)."""
         return model == self.model and not regenerated
 
-    def predict(self, tokens: float) -> float:
-        return self.a + self.b * math.log2(max(tokens, 1.0))
+    def predict(self, supervised: float, epochs: int = 1) -> float:
+        return self.a + self.b * (math.log2(max(supervised, 1.0)) + self.gamma * math.log2(max(epochs, 1)))
 
-    def measured(self, tokens: float) -> bool:
-        return self.lo_tokens <= tokens <= self.hi_tokens
+    def measured(self, supervised: float, epochs: int = 1) -> bool:
+        return self.lo_tokens <= supervised * epochs <= self.hi_tokens
 
 
-# The proxy-τ fit of bench/results/tau_curve_sharegpt.json (SmolLM2-135M-Instruct, ShareGPT replies, the
-# demo's hyper-parameters: nested subsets 1 epoch + the earlier demo drafts up to 306k tokens; real decoding
-# measured within ±0.03 of the proxy, docs/benchmarks.md §6.2); tests/test_demo_budget.py checks these
-# against that file. Another target or data: the fit does not transfer; rerun bench/tau_curve.py.
-TAU_FIT = TauFit(a=0.5664, b=0.04235, lo_tokens=2657, hi_tokens=305940,
-                 source="bench/results/tau_curve_sharegpt.json#proxy_tau_with_earlier")
+# The proxy-τ fit of bench/results/tau_curve_sharegpt.json (SmolLM2-135M-Instruct, ShareGPT replies, the demo's
+# hyper-parameters; the nested subsets at 1, 2 and 4 epochs and the earlier demo drafts up to 610k trained tokens;
+# real decoding measured within ±0.03 of the proxy, docs/benchmarks.md §6.2): τ = a + b·(log2 supervised tokens +
+# gamma·log2 epochs). tests/test_demo_budget.py checks these against that file. Another target or data: the fit
+# does not transfer; rerun bench/tau_curve.py.
+TAU_FIT = TauFit(a=0.5452, b=0.04395, lo_tokens=2657, hi_tokens=610252, gamma=0.627,
+                 source="bench/results/tau_curve_sharegpt.json#proxy_tau_epochs")
 
 
 @dataclass(frozen=True)
@@ -109,38 +117,43 @@ def eval_seconds(tp: Throughput, num_questions: int, max_new_tokens: int) -> flo
 def plan_budget(budget_s: float, tp: Throughput, shape: DataShape, *, num_questions: int, max_new_tokens: int,
                 regenerate: int = 0, spent_s: float = 0.0, fit: TauFit = TAU_FIT,
                 model_stages: int = 4) -> BudgetPlan:
-    """The largest data (then epochs) whose planned stage times fit in budget_s - spent_s.
+    """The conversations × epochs whose planned stage times fit in budget_s - spent_s, for the highest τ.
 
     Fixed costs first: the eval, and `model_stages` target loads (regenerate-data, hidden-states,
-    train, eval). Each kept conversation then costs its hidden states and one training epoch
-    (and, with `regenerate`, its reply generated at the plain decoding speed)."""
+    train, eval). Each kept conversation then costs its hidden states, one training pass per epoch
+    (and, with `regenerate`, its reply generated at the plain decoding speed). Of the mixes that fit
+    (as many conversations as fit at E epochs, E = 1..MAX_EPOCHS), the one `fit` expects the highest
+    τ of."""
     fixed = {"eval": eval_seconds(tp, num_questions, max_new_tokens), "model loads": model_stages * tp.load_s,
              "calibration": spent_s}
     avail = budget_s - sum(fixed.values())
     hs_s = shape.tokens_per_sample / tp.hidden_states_tok_s
     train_s = shape.tokens_per_sample / tp.train_tok_s
     regen_s = regenerate / tp.plain_tok_s if regenerate else 0.0
-    per_sample = hs_s + train_s + regen_s
     kept_max = int(shape.available * shape.kept_ratio) if shape.available is not None else None
-    kept = int(avail // per_sample) if avail > 0 else 0
-    if kept_max is not None:
-        kept = min(kept, kept_max)
-    if kept < MIN_SAMPLES:
+
+    def kept_at(epochs: int) -> int:          # conversations that fit with this many epochs each
+        kept = int(avail // (hs_s + regen_s + epochs * train_s)) if avail > 0 else 0
+        return kept if kept_max is None else min(kept, kept_max)
+
+    if kept_at(1) < MIN_SAMPLES:
+        per_sample = hs_s + regen_s + train_s
         need = sum(fixed.values()) + MIN_SAMPLES * per_sample
         raise InputError(f"--budget {budget_s / 60:.1f} min is too small on this machine: the eval alone takes "
                          f"{fixed['eval'] / 60:.1f} min and {MIN_SAMPLES} conversations "
                          f"{MIN_SAMPLES * per_sample / 60:.1f} min more (at least {math.ceil(need / 60)} min; "
                          f"or fewer --num-questions / --max-new-tokens)", field="--budget")
-    epochs = 1
-    if kept == kept_max:            # all the data is in: spend what is left on more epochs
-        epochs = max(1, min(MAX_EPOCHS, 1 + int((avail - kept * per_sample) // (kept * train_s))))
-    tokens = int(kept * shape.supervised_per_sample * epochs)
+    # every mix that fits, the highest expected τ first (ties: fewer epochs)
+    options = [(kept_at(e), e) for e in range(1, MAX_EPOCHS + 1) if kept_at(e) >= MIN_SAMPLES]
+    kept, epochs = max(options, key=lambda o: (round(fit.predict(o[0] * shape.supervised_per_sample, o[1]), 9),
+                                               -o[1]))
+    supervised = kept * shape.supervised_per_sample
     seconds = {**({"regenerate-data": kept * regen_s} if regenerate else {}), "hidden-states": kept * hs_s,
                "train": kept * epochs * train_s, **fixed}
     asked = math.ceil(kept / shape.kept_ratio)
     return BudgetPlan(budget_s=budget_s, num_samples=asked if shape.available is None else min(shape.available, asked),
-                      conversations=kept, num_epochs=epochs, trained_tokens=tokens, seconds=seconds,
-                      expected_tau=fit.predict(tokens), extrapolated=not fit.measured(tokens))
+                      conversations=kept, num_epochs=epochs, trained_tokens=int(supervised * epochs), seconds=seconds,
+                      expected_tau=fit.predict(supervised, epochs), extrapolated=not fit.measured(supervised, epochs))
 
 
 def describe(plan: BudgetPlan, bigger: BudgetPlan | None, fit: TauFit = TAU_FIT) -> str:
@@ -149,7 +162,7 @@ def describe(plan: BudgetPlan, bigger: BudgetPlan | None, fit: TauFit = TAU_FIT)
     text = (f"--budget {plan.budget_s / 60:.0f} min on this machine: {plan.num_samples} conversations "
             f"(~{plan.conversations} kept) x {plan.num_epochs} epoch(s), {plan.trained_tokens:,} supervised tokens, "
             f"planned {plan.total_s / 60:.1f} min; expected tau {plan.expected_tau:.2f}{mark} "
-            f"(tau = {fit.a:.3f} + {fit.b:.3f} log2 tokens, {fit.source}).")
+            f"(tau = {fit.a:.3f} + {fit.b:.3f} log2(tokens x epochs^{fit.gamma:.2f}), {fit.source}).")
     if bigger is not None:
         mark2 = " (extrapolated)" if bigger.extrapolated else ""
         text += (f" A {bigger.budget_s / 60:.0f} min budget would train {bigger.trained_tokens:,} tokens "
@@ -172,16 +185,15 @@ def _timed(fn, repeats: int) -> float:
 
 
 def calibrate(model_path: str, *, device: str = "cpu", dtype: str | None = None, seq_len: int = 256,
-              batch_size: int = 2, draft_vocab_size: int = 4096, ttt_length: int = 3, draft_depth: int = 5,
-              repeats: int = 1) -> Throughput:
-    """Measure this machine's throughput at each stage's work with a few short runs (tens of seconds)."""
+              draft_vocab_size: int = 4096, draft_depth: int = 5) -> Throughput:
+    """Measure this machine's decoding speed (plain greedy, one speculative verify step) and the target's
+    load time with a few short runs (seconds). The stage throughputs come from measure_sample."""
     import torch
 
     from draftsmith.draft.config import Eagle3Config
     from draftsmith.draft.model import Eagle3Draft
     from draftsmith.eval.spec_decode import SpecConfig, greedy_generate, speculative_generate
     from draftsmith.target.hf import load_target
-    from draftsmith.train.ttt import ttt_forward
 
     t0 = time.perf_counter()
     target = load_target(model_path, dtype=dtype or "auto", device=device, stage="demo --budget")
@@ -189,11 +201,7 @@ def calibrate(model_path: str, *, device: str = "cpu", dtype: str | None = None,
     model, layers = target.model, list(target.aux_layers)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=g).to(target.device)
-    with torch.inference_mode():
-        hs_s = _timed(lambda: target.features(ids), repeats)
-    feats = target.features(ids[:1])
-
+    ids = torch.randint(0, vocab, (1, seq_len), generator=g).to(target.device)
     vd = min(draft_vocab_size, vocab)
     dcfg = Eagle3Config.from_target_config(model.config, draft_vocab_size=vd, aux_layer_ids=layers)
     torch.manual_seed(0)
@@ -203,18 +211,6 @@ def calibrate(model_path: str, *, device: str = "cpu", dtype: str | None = None,
     t2d[:vd] = True
     draft.set_vocab_mapping(d2t.to(target.device), t2d.to(target.device))
     draft.load_embeddings(model.get_input_embeddings().weight.detach().float())
-    head = target.lm_head_weight.detach().float()
-    batch = {"input_ids": ids[:1], "loss_mask": torch.ones_like(ids[:1]), "attention_mask": torch.ones_like(ids[:1]),
-             **{k: v.float() for k, v in feats.items()}}
-    opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        r = ttt_forward(draft, batch, length=ttt_length, target_head=head[:vd], full_head=head)
-        r.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    train_s = _timed(step, repeats)
     draft.eval()
     prompt = ids[0, :32].tolist()
     new = 16
@@ -225,33 +221,51 @@ def calibrate(model_path: str, *, device: str = "cpu", dtype: str | None = None,
         spec = speculative_generate(model, draft, prompt, spec_cfg, layers)
         spec = speculative_generate(model, draft, prompt, spec_cfg, layers)
     target.close()
-    return Throughput(hidden_states_tok_s=batch_size * seq_len / hs_s, train_tok_s=seq_len / train_s,
-                      plain_tok_s=len(plain.tokens) / plain.seconds,
+    return Throughput(hidden_states_tok_s=0.0, train_tok_s=0.0, plain_tok_s=len(plain.tokens) / plain.seconds,
                       spec_step_s=spec.seconds / max(1, len(spec.emitted) + 1), load_s=load_s)
 
 
 # ----- the demo's use ---------------------------------------------------------------------------------
 
-SAMPLE_CONVERSATIONS = 64      # conversations the data shape is measured on (prepare-data + build-dataset)
+SHAPE_CONVERSATIONS = 256     # conversations the data shape is measured on (prepare-data + build-dataset: seconds)
+SAMPLE_CONVERSATIONS = 64     # of those asked again, the ones timed through hidden-states and one training epoch
 PLAN_FILE = "budget_plan.json"
 
 
-def measure_shape(cfg, run_dir) -> tuple[DataShape, str]:
-    """Tokens per conversation and the share kept, by the demo's own prepare-data + build-dataset on a
-    sample; and the target's path."""
+def measure_sample(cfg, run_dir) -> tuple[DataShape, str, dict[str, float]]:
+    """The demo's own stages on samples of the data, in run_dir. prepare-data + build-dataset on
+    SHAPE_CONVERSATIONS conversations: tokens per conversation and the share kept (64 left a 7-point
+    error on the share kept, 81 % against 88 %). Then SAMPLE_CONVERSATIONS of them through
+    prepare-data, build-dataset, hidden-states and one training epoch, timed: tokens/s of each stage as
+    it really runs, its fixed costs included (an overestimate of the per-conversation cost, so the plan
+    errs on the short side). Returns the shape, the target's path and {"hidden_states_tok_s",
+    "train_tok_s"}."""
     from dataclasses import replace
 
-    from draftsmith.demo.pipeline import stage_build_dataset, stage_model, stage_prepare_data
+    from draftsmith.demo.pipeline import (stage_build_dataset, stage_hidden_states, stage_model, stage_prepare_data,
+                                          stage_train)
     from draftsmith.demo.runner import StageContext
 
-    ctx = StageContext(replace(cfg, num_samples=SAMPLE_CONVERSATIONS), run_dir, {}, False)
-    ctx.results["model"] = stage_model(ctx)
-    prepared = stage_prepare_data(ctx)
-    ctx.results["regenerate-data"] = {"train_jsonl": prepared["train_jsonl"]}
-    built = stage_build_dataset(ctx)
-    rows = max(1, built["rows"])
-    return DataShape(tokens_per_sample=built["tokens"] / rows, supervised_per_sample=built["supervised_tokens"] / rows,
-                     kept_ratio=built["rows"] / SAMPLE_CONVERSATIONS), ctx.results["model"]["model_path"]
+    def built(n: int, folder) -> StageContext:
+        ctx = StageContext(replace(cfg, num_samples=n, num_epochs=1), folder, {}, False)
+        ctx.results["model"] = stage_model(ctx)
+        ctx.results["regenerate-data"] = {"train_jsonl": stage_prepare_data(ctx)["train_jsonl"]}
+        ctx.results["build-dataset"] = stage_build_dataset(ctx)
+        return ctx
+
+    b = built(SHAPE_CONVERSATIONS, run_dir / "shape").results["build-dataset"]
+    rows = max(1, b["rows"])
+    shape = DataShape(tokens_per_sample=b["tokens"] / rows, supervised_per_sample=b["supervised_tokens"] / rows,
+                      kept_ratio=b["rows"] / SHAPE_CONVERSATIONS)
+    ctx = built(SAMPLE_CONVERSATIONS, run_dir)
+    tokens = ctx.results["build-dataset"]["tokens"]
+    timed = {}
+    for name, stage in (("hidden-states", stage_hidden_states), ("train", stage_train)):
+        t0 = time.perf_counter()
+        ctx.results[name] = stage(ctx)
+        timed[name] = time.perf_counter() - t0
+    return shape, ctx.results["model"]["model_path"], {"hidden_states_tok_s": tokens / timed["hidden-states"],
+                                                       "train_tok_s": tokens / timed["train"]}
 
 
 def apply_budget(cfg, run_dir, given: set[str]):
@@ -279,13 +293,11 @@ def apply_budget(cfg, run_dir, given: set[str]):
             print(f"  --budget: the plan made earlier for this run folder ({path})", flush=True)
             return replace(cfg, num_samples=saved["num_samples"], num_epochs=saved["num_epochs"]), saved["text"]
     started = time.perf_counter()
-    print(f"  --budget {cfg.budget:g} min: measuring this machine (a sample of the data, then a few batches of "
-          f"each stage's work)", flush=True)
-    shape, model_path = measure_shape(cfg, run_dir / "budget")
-    seq_len = max(16, min(cfg.max_length, int(round(shape.tokens_per_sample))))
-    tp = calibrate(model_path, device=cfg.device, dtype=cfg.dtype, seq_len=seq_len,
-                   batch_size=cfg.hidden_states_batch_size, draft_vocab_size=cfg.draft_vocab_size,
-                   ttt_length=cfg.ttt_length, draft_depth=cfg.draft_depth)
+    print(f"  --budget {cfg.budget:g} min: measuring this machine ({SHAPE_CONVERSATIONS} conversations tokenized, "
+          f"{SAMPLE_CONVERSATIONS} through hidden-states and a training epoch, then a few decoding steps)", flush=True)
+    shape, model_path, stages = measure_sample(cfg, run_dir / "budget")
+    tp = replace(calibrate(model_path, device=cfg.device, dtype=cfg.dtype, draft_vocab_size=cfg.draft_vocab_size,
+                           draft_depth=cfg.draft_depth), **stages)
     spent = time.perf_counter() - started
     print(f"  measured in {spent:.0f} s: hidden states {tp.hidden_states_tok_s:.0f} tok/s, training "
           f"{tp.train_tok_s:.0f} tok/s, plain decoding {tp.plain_tok_s:.1f} tok/s, a verify step "
@@ -305,15 +317,28 @@ def apply_budget(cfg, run_dir, given: set[str]):
     return replace(cfg, num_samples=plan.num_samples, num_epochs=plan.num_epochs), text
 
 
-def add_to_report(folder, text: str) -> None:
-    """The plan's sentences in the demo report (demo_report.md and demo_report.json's "budget")."""
+def add_to_report(folder, run_dir, text: str, stage_seconds: dict[str, float]) -> str:
+    """The plan's sentences and how the run kept to it, in the demo report (demo_report.md, and
+    demo_report.json's "budget" and "budget_check": planned against measured seconds per stage).
+    Returns the sentence on how the run kept to the plan."""
     import json
     from pathlib import Path
 
     from draftsmith.fsutil import write_json_atomic, write_text_atomic
 
     folder = Path(folder)
+    planned = json.loads((Path(run_dir) / PLAN_FILE).read_text(encoding="utf-8"))["plan"]
+    took = {"calibration": planned["seconds"]["calibration"], **stage_seconds}
+    check = {stage: {"planned_s": round(planned["seconds"].get(stage, 0.0), 1), "took_s": round(took.get(stage, 0.0), 1)}
+             for stage in ("calibration", "regenerate-data", "hidden-states", "train", "eval") if stage in took}
+    total = sum(took.values())
+    kept = (f"Planned {planned['total_s'] / 60:.1f} min of a {planned['budget_s'] / 60:.0f} min budget; took "
+            f"{total / 60:.1f} min (" + ", ".join(f"{k} {v['took_s'] / 60:.1f} vs {v['planned_s'] / 60:.1f} planned"
+                                                 for k, v in check.items() if k != "calibration") + ").")
     md = folder / "demo_report.md"
-    write_text_atomic(md, md.read_text(encoding="utf-8") + f"\nBudget: {text}\n")
+    write_text_atomic(md, md.read_text(encoding="utf-8") + f"\nBudget: {text}\n{kept}\n")
     js = folder / "demo_report.json"
-    write_json_atomic(js, {**json.loads(js.read_text(encoding="utf-8")), "budget": text})
+    write_json_atomic(js, {**json.loads(js.read_text(encoding="utf-8")), "budget": text,
+                           "budget_check": {"stages": check, "planned_s": round(planned["total_s"], 1),
+                                            "took_s": round(total, 1), "budget_s": planned["budget_s"]}})
+    return kept

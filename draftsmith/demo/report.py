@@ -120,16 +120,17 @@ def demo_summary(state: dict) -> DemoSummary:
 
 def budget_point(model: str, regenerated: bool, supervised_tokens: int, epochs: int) -> dict:
     """This run on the τ-per-budget curve (demo/budget.py TAU_FIT, docs/benchmarks.md §6.2): the τ the
-    fit expects at its supervised tokens × epochs and at 2× and 4× that budget. Empty where the fit
-    was not measured (another target, or the target's own replies; rerun bench/tau_curve.py)."""
+    fit expects at its supervised tokens and epochs, and with 2× and 4× the conversations. Empty where
+    the fit was not measured (another target, or the target's own replies; rerun bench/tau_curve.py)."""
     from draftsmith.demo.budget import TAU_FIT
 
     if not TAU_FIT.applies(model, regenerated):
         return {}
-    tokens = supervised_tokens * epochs
-    return {"trained_tokens": tokens, "expected_tau": round(TAU_FIT.predict(tokens), 3),
-            "tau_at_2x": round(TAU_FIT.predict(2 * tokens), 3), "tau_at_4x": round(TAU_FIT.predict(4 * tokens), 3),
-            "per_doubling": TAU_FIT.b, "in_measured_range": TAU_FIT.measured(tokens),
+    return {"trained_tokens": supervised_tokens * epochs,
+            "expected_tau": round(TAU_FIT.predict(supervised_tokens, epochs), 3),
+            "tau_at_2x": round(TAU_FIT.predict(2 * supervised_tokens, epochs), 3),
+            "tau_at_4x": round(TAU_FIT.predict(4 * supervised_tokens, epochs), 3),
+            "per_doubling": TAU_FIT.b, "in_measured_range": TAU_FIT.measured(supervised_tokens, epochs),
             "measured_up_to": TAU_FIT.hi_tokens, "fit": TAU_FIT.source}
 
 
@@ -164,7 +165,7 @@ def summary_rows(s: DemoSummary) -> list[tuple[str, str]]:
     if c:
         rows.append(("on the tau-per-budget curve",
                      f"{c['trained_tokens']:,} supervised tokens x epochs: the fit expects tau {c['expected_tau']:.2f}"
-                     f"{'' if c['in_measured_range'] else ' (extrapolated)'}; 2x this budget -> "
+                     f"{'' if c['in_measured_range'] else ' (extrapolated)'}; 2x the conversations -> "
                      f"{c['tau_at_2x']:.2f}, 4x -> {c['tau_at_4x']:.2f} (+{c['per_doubling']:.3f} per doubling, "
                      f"measured up to {c['measured_up_to']:,} tokens, beyond is the fit's extrapolation; "
                      "docs/benchmarks.md 6.2; `draftsmith demo --budget MINUTES` sizes a run)"))

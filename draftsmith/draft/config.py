@@ -183,7 +183,11 @@ class Eagle3Config:
         return d
 
     @classmethod
-    def from_config_dict(cls, d: Mapping[str, Any], *, path: object = None) -> "Eagle3Config":
+    def from_config_dict(cls, d: Mapping[str, Any], *, path: object = None,
+                         target_layers: int | None = None) -> "Eagle3Config":
+        """The config of a served folder. One without aux layer ids (SpecForge 0.2.0's export) gets what
+        both engines capture then, HF hidden_states (2, L//2, L-3) of a `target_layers`-layer target
+        (draftsmith/export.py's docstring cites the engine lines); without `target_layers` it is refused."""
         d = dict(d)
         refused = engine_keys.refused(d)
         if refused:
@@ -204,6 +208,10 @@ class Eagle3Config:
         aux = ours.get("aux_layer_ids") or d.get("eagle_aux_hidden_state_layer_ids")
         if aux is None and "eagle_config" in d:
             aux = [i + 1 for i in d["eagle_config"].get("eagle_aux_hidden_state_layer_ids", [])] or None
+        if aux is None and target_layers:
+            aux = [2, target_layers // 2, target_layers - 3]
+            log.warning("%s: no aux layer ids; using the engines' default for a %d-layer target, HF hidden_states "
+                        "%s (what SGLang and vLLM capture without them)", path or "config.json", target_layers, aux)
         theta, scaling = _rope_of(lambda k, default=None: d.get(k, default))
         try:
             hidden = int(d["hidden_size"])
@@ -218,7 +226,7 @@ class Eagle3Config:
                 draft_vocab_size=int(d.get("draft_vocab_size") or d["vocab_size"]),
                 target_hidden_size=int(d.get("target_hidden_size") or hidden),
                 aux_layer_ids=list(aux) if aux is not None else [],
-                target_num_hidden_layers=int(ours.get("target_num_hidden_layers") or 0),
+                target_num_hidden_layers=int(ours.get("target_num_hidden_layers") or target_layers or 0),
                 rope_theta=theta,
                 rope_scaling=scaling,
                 max_position_embeddings=int(d.get("max_position_embeddings") or 4096),

@@ -247,13 +247,14 @@ class Eagle3Draft(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, embed_weight: torch.Tensor | None = None,
-                        dtype: torch.dtype | None = None) -> "Eagle3Draft":
+                        dtype: torch.dtype | None = None, target_layers: int | None = None) -> "Eagle3Draft":
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (config_path, weights_path):
             if not p.is_file():
                 raise InputError("missing file of a draft checkpoint", path=p)
-        cfg = Eagle3Config.from_config_dict(read_json_object(config_path), path=config_path)
+        cfg = Eagle3Config.from_config_dict(read_json_object(config_path), path=config_path,
+                                            target_layers=target_layers)
         model = cls(cfg)
         state = load_file(str(weights_path))
         expected = model.state_dict()

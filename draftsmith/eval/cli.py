@@ -75,7 +75,7 @@ CONFIG = EvalConfig
 
 def load_models(cfg: EvalConfig):
     from draftsmith.draft.model import Eagle3Draft
-    from draftsmith.export import check_folder
+    from draftsmith.export import check_folder, target_summary
     from draftsmith.target.loading import load_causal_lm
 
     dtype = resolve_dtype(cfg.dtype, cfg.device, "eval", what="target and draft", exact=True)
@@ -89,7 +89,9 @@ def load_models(cfg: EvalConfig):
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     report.raise_if_invalid()
-    draft = Eagle3Draft.from_pretrained(cfg.draft_model_path, dtype=dtype)
+    # a folder without aux ids is served with the engines' default layers: decode it with the same ones
+    draft = Eagle3Draft.from_pretrained(cfg.draft_model_path, dtype=dtype,
+                                        target_layers=target_summary(model.config)["num_hidden_layers"])
     draft = draft.to(cfg.device).eval()
     draft.load_embeddings(model.get_input_embeddings().weight)
     return tokenizer, model, draft

@@ -58,6 +58,9 @@ class TrainConfig:
         "decay", group="draft", help="decay: step k weighs decay**k (the peers' recipe); survival: also by the "
                                      "draft's detached chance that a served chain reaches the row; survival-hard: "
                                      "only rows a served chain reaches (docs/training.md)")
+    feature_loss: float = option(
+        0.0, group="draft", help="weight of a SmoothL1 regression of the draft's normed output on the target's last "
+                                 "hidden state (EAGLE-1's feature loss) beside the distribution loss; 0 = off")
     autocast: Literal["auto", "bf16", "off"] = option(
         "auto", group="draft", help="bf16 autocast of the draft's matmuls: auto = on CUDA and on CPUs with native "
                                     "bf16 (AVX512-BF16/AMX), off elsewhere (weights and optimizer state stay fp32)")

@@ -65,17 +65,18 @@ class TTTModule(torch.nn.Module):
 
     def __init__(self, draft: Eagle3Draft, target_head: torch.Tensor | None, length: int, decay: float,
                  attention: str, full_head: torch.Tensor | None = None, checkpointing: bool = False,
-                 weighting: str = "decay"):
+                 weighting: str = "decay", feature_weight: float = 0.0):
         super().__init__()
         self.draft = draft
         self.target_head, self.full_head = target_head, full_head
         self.length, self.decay, self.attention = length, decay, attention
-        self.checkpointing, self.weighting = checkpointing, weighting
+        self.checkpointing, self.weighting, self.feature_weight = checkpointing, weighting, feature_weight
 
     def forward(self, batch: dict[str, torch.Tensor], step_norm: list[float] | None = None):
         return ttt_forward(self.draft, batch, length=self.length, decay=self.decay,
                            target_head=self.target_head, full_head=self.full_head, attention=self.attention,
-                           checkpointing=self.checkpointing, step_norm=step_norm, weighting=self.weighting)
+                           checkpointing=self.checkpointing, step_norm=step_norm, weighting=self.weighting,
+                           feature_weight=self.feature_weight)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -121,7 +122,8 @@ class Trainer:
         if attention == "auto":
             attention = "flex" if self.device.type == "cuda" else "blockwise"
         self.module = TTTModule(self.draft, target_head, cfg.ttt_length, cfg.loss_decay, attention, full_head,
-                                checkpointing=cfg.activation_checkpointing, weighting=cfg.ttt_weighting)
+                                checkpointing=cfg.activation_checkpointing, weighting=cfg.ttt_weighting,
+                                feature_weight=cfg.feature_loss)
         self.model = parallelize(self.module, self.info, cfg.parallel)
         self.optimizer = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)

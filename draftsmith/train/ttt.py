@@ -403,7 +403,7 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
                 attention: str = "blockwise", fused_loss: bool = True,
                 checkpointing: bool = False, step_norm: list[float] | None = None,
-                weighting: str = "decay", return_chains: bool = False) -> TTTResult:
+                weighting: str = "decay", return_chains: bool = False, feature_weight: float = 0.0) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -421,6 +421,9 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     weighting: "decay" weighs a step-k row decay**k (the peers' recipe); "survival" also by the
     detached chance that the served chain reaches it (`chain_survival`), "survival-hard" by
     whether it does (token-alignable training); both need the full-vocab target argmax.
+    feature_weight: add feature_weight × the same row-weighted mean of SmoothL1(the draft's normed output,
+    the target's last hidden state at the row's target position), EAGLE-1's feature regression on top
+    of EAGLE-3's distribution loss (a hidden_state batch with target and draft hidden sizes equal).
     return_chains: also return `served_chain`, per draft row and step whether a server accepts it
     (the chain acceptance of a draft started at that row, when the data is the target's own greedy text).
     step_norm: the divisor of step k's CE sum (default: this batch's count, a per-step mean);
@@ -500,6 +503,11 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
             (input_ids.shape[0], input_ids.shape[1], length), weighting == "survival-hard", chunk)
     args = (x, draft.lm_head.weight, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
+    if feature_weight:
+        if "hidden_state" not in batch or batch["hidden_state"].shape[-1] != x.shape[-1]:
+            raise ValueError("a feature loss needs the target's hidden_state rows with the draft's hidden size")
+        hs = batch["hidden_state"][qb, qq][keep_all].to(x.dtype)
+        loss = loss + feature_weight * (row_w * F.smooth_l1_loss(x, hs, reduction="none").mean(-1)).sum()
     result.loss = loss + pad
     result.loss_sum = torch.zeros(length, dtype=torch.float64).index_add_(0, steps.cpu(), ce.double().cpu()).tolist()
 
