@@ -239,11 +239,11 @@ def _inspect(args, folder: Path, model: str, log: Path) -> tuple[int, str]:
 
 
 def complete_specforge_config(folder: Path, aux_layers: list[int]) -> list[str]:
-    """The keys `draftsmith inspect` / `eval` require and SpecForge 0.2.0's export leaves out, with the values
-    the engines assume without them: SGLang captures its default layers [1, L//2 - 1, L - 4] (+1 = HF
-    hidden_states [2, L//2, L-3], the store's aux layers) when eagle_config is absent, and reads no rope
-    scaling when rope_scaling is absent. So these keys change nothing SGLang would serve; they let our
-    eval load the folder. Returns the keys added."""
+    """The keys SpecForge 0.2.0's export leaves out, with the values the engines assume without them: both
+    SGLang (0.5.23 srt/models/llama.py:933-936) and vLLM capture HF hidden_states [2, L//2, L-3], the store's
+    aux layers, when no ids are configured, and run plain rope when rope_scaling is absent. So these keys
+    change nothing an engine would serve. (When this bench ran, `draftsmith inspect` / `eval` refused the
+    folder without them; since 1ccd73b they warn and use the same default.) Returns the keys added."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     added = {}
