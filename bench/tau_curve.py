@@ -368,6 +368,8 @@ EARLIER = [
     ("1,000 conversations x 2 epochs, 2026-12-01 (eval stopped)", "sharegpt",
      ("bench/results/tau_proxy_demo_1000conv_2epochs.json", None),
      {"summary": {"conversations": 871, "supervised_tokens": 305_126}, "settings": {"num_epochs": 2}}, 2),
+    ("--budget 40 (the first planner), 2026-12-02", "sharegpt", ("bench/results/tau_proxy_demo_budget40.json", None),
+     "bench/results/demo_budget40.json", None),
     ("--regenerate 128, 2026-11-26", "own", ("bench/results/tau_proxy_recipes.json", "cache/demo/regen500/draft"),
      "bench/results/demo_regenerate.json", None),
 ]

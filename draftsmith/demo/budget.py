@@ -5,7 +5,7 @@ Three parts:
 - `measure_sample(...)` runs the demo's own stages on a sample of the data (prepare-data,
   build-dataset, hidden-states, one epoch of train): tokens per conversation, the share kept,
   and the hidden-states and training throughput as the stages really run (batching by padded
-  width, the feature codec, disk, data loading; a synthetic forward on random tokens ran 24 %
+  width, the feature codec, disk, data loading; a synthetic forward on random tokens ran 18 %
   faster than the hidden-states stage here, so the plan overran); `calibrate(...)` measures
   plain greedy decoding (new tokens/s) and one speculative verify step (seconds) on a few short
   runs, plus the time to load the target (paid once per stage);
@@ -67,7 +67,7 @@ class TauFit:
 # real decoding measured within ±0.03 of the proxy, docs/benchmarks.md §6.2): τ = a + b·(log2 supervised tokens +
 # gamma·log2 epochs). tests/test_demo_budget.py checks these against that file. Another target or data: the fit
 # does not transfer; rerun bench/tau_curve.py.
-TAU_FIT = TauFit(a=0.5452, b=0.04395, lo_tokens=2657, hi_tokens=610252, gamma=0.627,
+TAU_FIT = TauFit(a=0.5521, b=0.04336, lo_tokens=2657, hi_tokens=610252, gamma=0.748,
                  source="bench/results/tau_curve_sharegpt.json#proxy_tau_epochs")
 
 
