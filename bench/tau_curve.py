@@ -275,9 +275,9 @@ def fit_log2(tokens: list[float], tau: list[float]) -> dict:
 def fit_epochs(rows: list[dict], key: str) -> dict | None:
     """Least squares τ = a + b·log2(supervised tokens) + c·log2(epochs) over rows with 1 and more epochs:
     gamma = c / b is what a repeated epoch is worth against as many fresh tokens (1: as much, 0: nothing),
-    with its standard error (OLS covariance, delta method). None without two epoch counts."""
+    with its standard error (OLS covariance, delta method). None with fewer than two points past 1 epoch."""
     pts = [(r["trained_tokens"] / r["epochs"], r["epochs"], r[key]) for r in rows if r.get(key) is not None]
-    if len({e for _, e, _ in pts}) < 2 or len(pts) < 5:
+    if sum(e > 1 for _, e, _ in pts) < 2 or len(pts) < 5:      # γ needs more than one repeated-epoch point
         return None
     x = np.array([[1.0, math.log2(sup), math.log2(e)] for sup, e, _ in pts])
     y = np.array([t for _, _, t in pts])
