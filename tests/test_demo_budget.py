@@ -194,7 +194,8 @@ def test_the_report_says_how_the_run_kept_to_its_plan(tmp_path):
     report.mkdir()
     (report / "demo_report.md").write_text("# demo\n")
     (report / "demo_report.json").write_text(json.dumps({"summary": {}}))
-    took = {"prepare-data": 1.0, "build-dataset": 5.0, "hidden-states": 960.0, "train": 780.0, "export": 1.0,
+    took = {"prepare-data": 1.0, "build-dataset": 5.0, "regenerate-data": 0.0, "hidden-states": 960.0, "train": 780.0,
+            "export": 1.0,
             "eval": 403.0}                  # 2,250 s with the calibration
     line = budget.add_to_report(report, tmp_path, "the plan", took)
     check = json.loads((report / "demo_report.json").read_text())["budget_check"]
@@ -203,3 +204,4 @@ def test_the_report_says_how_the_run_kept_to_its_plan(tmp_path):
     assert check["stages"]["train"] == {"planned_s": 800.0, "took_s": 780.0}
     assert "took 37.5 min" in line and "hidden-states 16.0 vs 15.0 planned" in line
     assert "Budget: the plan" in (report / "demo_report.md").read_text()
+    assert "regenerate-data" not in check["stages"]          # not planned: no --regenerate

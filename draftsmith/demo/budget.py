@@ -330,7 +330,8 @@ def add_to_report(folder, run_dir, text: str, stage_seconds: dict[str, float]) -
     planned = json.loads((Path(run_dir) / PLAN_FILE).read_text(encoding="utf-8"))["plan"]
     took = {"calibration": planned["seconds"]["calibration"], **stage_seconds}
     check = {stage: {"planned_s": round(planned["seconds"].get(stage, 0.0), 1), "took_s": round(took.get(stage, 0.0), 1)}
-             for stage in ("calibration", "regenerate-data", "hidden-states", "train", "eval") if stage in took}
+             for stage in ("calibration", "regenerate-data", "hidden-states", "train", "eval")
+             if stage in took and stage in planned["seconds"]}       # regenerate-data: planned only with --regenerate
     total = sum(took.values())
     kept = (f"Planned {planned['total_s'] / 60:.1f} min of a {planned['budget_s'] / 60:.0f} min budget; took "
             f"{total / 60:.1f} min (" + ", ".join(f"{k} {v['took_s'] / 60:.1f} vs {v['planned_s'] / 60:.1f} planned"
