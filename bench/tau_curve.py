@@ -291,8 +291,8 @@ def fit_epochs(rows: list[dict], key: str) -> dict | None:
     return {"a": a, "b": b, "c": c, "gamma": c / b, "gamma_se": float(math.sqrt(max(grad @ cov @ grad, 0.0))),
             "b_se": float(math.sqrt(max(cov[1, 1], 0.0))), "residuals": [float(v) for v in resid],
             "r2": 1 - float(resid @ resid) / ss_tot if ss_tot > 0 else None, "points": len(y),
-            "epochs": sorted({e for _, e, _ in pts}), "lo_tokens": int(min(r["trained_tokens"] for r in rows)),
-            "hi_tokens": int(max(r["trained_tokens"] for r in rows))}
+            "epochs": sorted({e for _, e, _ in pts}), "lo_tokens": int(min(sup * e for sup, e, _ in pts)),
+            "hi_tokens": int(max(sup * e for sup, e, _ in pts))}
 
 
 def predict(fit: dict, tokens: float) -> float:
