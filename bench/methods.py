@@ -17,6 +17,10 @@ Only the recipe's own flags differ:
   training.
 - `feature`: `--feature-loss 1.0`, EAGLE-1's regression of the draft's normed output on the
   target's last hidden state added to EAGLE-3's loss: a dense target per row for a data-starved draft.
+- `temperature`: `--distill-temperature 2.0`, distillation from the target's distribution at a
+  temperature (Hinton's T² scaling).
+- `curriculum`: `--ttt-curriculum 0.5`, a TTT-length curriculum: the weight of steps >= 1 ramps
+  from 0 to full over the first half of the run.
 
 Each draft is exported, scored by bench/tau_proxy.py (teacher-forced K = 5 on the target's
 own MT-bench replies; `proxy_tau_chain`, the served chain's mean accepted length, is the figure
@@ -55,6 +59,10 @@ RECIPES: dict[str, tuple[list[str], str]] = {
     "survival-decay": (["--ttt-weighting", "survival"], "survival x 0.8**k"),
     "feature": (["--feature-loss", "1.0"], "EAGLE-1's feature regression (SmoothL1 on the target's last hidden "
                                            "state) beside EAGLE-3's distribution loss"),
+    "temperature": (["--distill-temperature", "2.0"], "distillation at temperature 2 (soft CE of the tempered "
+                                                      "distributions x T^2): more of the target's dark knowledge"),
+    "curriculum": (["--ttt-curriculum", "0.5"], "TTT-length curriculum: steps >= 1 weigh 0 at the start, "
+                                                "ramping to full over the first half of the run"),
     "head-init": (["--lm-head-init", "target"], "the draft's lm_head starts as the target's rows (speculators "
                                                 "does this; not a method of its own for #15 §4)"),
 }

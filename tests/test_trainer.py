@@ -364,3 +364,28 @@ def test_lm_head_init_target_and_survival_weighting_train(setup, tmp_path):
     train(_offline(setup, out, num_epochs=3, learning_rate=1e-2, ttt_weighting="survival", loss_decay=1.0))
     rows = _metrics(out)
     assert sum(r["loss_k"][0] for r in rows[-4:]) < 0.8 * sum(r["loss_k"][0] for r in rows[:4])
+
+
+def test_ttt_curriculum_ramps_the_later_steps_per_optimizer_step(setup, tmp_path, monkeypatch):
+    """--ttt-curriculum R: every micro-batch of optimizer step s weighs TTT steps >= 1 by min(1, s / (R·total));
+    --distill-temperature reaches the loss (the loss itself: tests/test_ttt.py)."""
+    from draftsmith.train.trainer import TTTModule, curriculum_scale
+
+    seen = []
+    forward = TTTModule.forward
+
+    def spy(self, batch, step_norm=None):
+        seen.append((self.deep_scale, self.temperature))
+        return forward(self, batch, step_norm)
+
+    monkeypatch.setattr(TTTModule, "forward", spy)
+    summary = train(_offline(setup, tmp_path / "cur", num_epochs=2, gradient_accumulation_steps=2,
+                             ttt_curriculum=0.5, distill_temperature=2.0))
+    total = summary["global_step"]
+    assert total >= 4 and len(seen) == 2 * total
+    expected = [min(1.0, s / (0.5 * total)) for s in range(total) for _ in range(2)]
+    assert [s for s, _ in seen] == pytest.approx(expected) and {t for _, t in seen} == {2.0}
+    assert curriculum_scale(7, 10, 0.0) == 1.0 and curriculum_scale(0, 10, 1.0) == 0.0
+    for bad in (dict(ttt_curriculum=1.5), dict(distill_temperature=0.0)):
+        with pytest.raises(InputError):
+            _offline(setup, tmp_path / "bad", **bad).validate()

@@ -443,3 +443,62 @@ def test_feature_loss_adds_the_row_weighted_smooth_l1_by_hand():
         topk = {k: v for k, v in batch.items() if k != "hidden_state"}
         ttt_forward(draft, {**topk, "target_topk_ids": torch.zeros(b, t, 2, dtype=torch.long),
                             "target_topk_logits": torch.zeros(b, t, 2)}, length=1, feature_weight=w)
+
+
+@pytest.mark.parametrize("signal", ["hidden", "topk"])
+def test_distill_temperature_is_the_tempered_soft_ce_by_hand(signal):
+    """--distill-temperature T: T² Σ_k decay^k / n_k Σ_rows CE(softmax(target logits / T), log_softmax(draft
+    logits / T)) over the rows of every step; the fused loss's gradient equals plain autograd's, and the
+    argmax figures do not change with T."""
+    draft, batch, full_head, chosen = _served_case(seed=3)
+    head = full_head[chosen]
+    if signal == "topk":                 # a full-K top-K store over the draft vocab: the same distribution
+        logits = batch.pop("hidden_state") @ head.T
+        batch["target_topk_logits"] = logits
+        batch["target_topk_ids"] = torch.arange(40).expand(*logits.shape[:2], 40).contiguous()
+    length, decay, temp = 3, 0.8, 2.5
+    got = ttt_forward(draft, batch, length=length, decay=decay, target_head=head, temperature=temp)
+    base = ttt_forward(draft, batch, length=length, decay=decay, target_head=head)
+    with torch.no_grad():
+        b, t = batch["input_ids"].shape
+        by_hand = 0.0
+        for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"], length):
+            terms = []
+            for i in range(b):
+                for p in range(t):
+                    q = p + 1 + k
+                    if q + 1 >= t or not batch["loss_mask"][i, q + 1] or not batch["attention_mask"][i, q + 1]:
+                        continue
+                    z = (batch["hidden_state"][i, q] @ head.T) if signal == "hidden" else batch["target_topk_logits"][i, q]
+                    target = torch.softmax(z / temp, -1)
+                    student = torch.log_softmax(draft.logits(out[index[i, p]]) / temp, -1)
+                    terms.append(float(-(target * student).sum()))
+            if terms:
+                by_hand += decay ** k * sum(terms) / len(terms)
+    assert float(got.loss.detach()) == pytest.approx(temp ** 2 * by_hand, rel=1e-5)
+    assert got.correct_draft_vocab == base.correct_draft_vocab and got.count == base.count
+    grads = []
+    for fused in (True, False):
+        draft.zero_grad()
+        ttt_forward(draft, batch, length=length, decay=decay, target_head=head, temperature=temp,
+                    fused_loss=fused).loss.backward()
+        grads.append([p.grad.clone() for p in (draft.lm_head.weight, draft.fc.weight)])
+    for a, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        ttt_forward(draft, batch, length=1, target_head=head, temperature=0.0)
+
+
+def test_deep_scale_weighs_only_the_steps_after_the_first():
+    """deep_scale s (the TTT-length curriculum's ramp): loss = step 0's + s × the later steps'. At s = 0 it
+    is the loss of a 1-step unroll; the per-step figures do not change."""
+    draft, batch, full_head, chosen = _served_case(seed=4)
+    head = full_head[chosen]
+    with torch.no_grad():
+        full = ttt_forward(draft, batch, length=3, target_head=head)
+        one = ttt_forward(draft, batch, length=1, target_head=head)
+        zero = ttt_forward(draft, batch, length=3, target_head=head, deep_scale=0.0)
+        half = ttt_forward(draft, batch, length=3, target_head=head, deep_scale=0.5)
+    assert float(zero.loss) == pytest.approx(float(one.loss), rel=1e-6)
+    assert float(half.loss) == pytest.approx(float(one.loss) + 0.5 * float(full.loss - one.loss), rel=1e-6)
+    assert half.loss_sum == pytest.approx(full.loss_sum) and half.correct_draft_vocab == full.correct_draft_vocab

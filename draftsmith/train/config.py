@@ -61,6 +61,12 @@ class TrainConfig:
     feature_loss: float = option(
         0.0, group="draft", help="weight of a SmoothL1 regression of the draft's normed output on the target's last "
                                  "hidden state (EAGLE-1's feature loss) beside the distribution loss; 0 = off")
+    distill_temperature: float = option(
+        1.0, group="draft", help="distillation temperature T: soft CE between the target's and the draft's "
+                                 "softmax(logits / T), scaled by T²; 1 = the peers' loss")
+    ttt_curriculum: float = option(
+        0.0, group="draft", help="TTT-length curriculum: the weight of TTT steps >= 1 ramps linearly from 0 to "
+                                 "full over this share of the optimizer steps (step 0 is fitted first); 0 = off")
     autocast: Literal["auto", "bf16", "off"] = option(
         "auto", group="draft", help="bf16 autocast of the draft's matmuls: auto = on CUDA and on CPUs with native "
                                     "bf16 (AVX512-BF16/AMX), off elsewhere (weights and optimizer state stay fp32)")
@@ -131,6 +137,10 @@ class TrainConfig:
         if self.eval_holdout and (self.eval_data_path or self.eval_hidden_states_path):
             raise InputError("give either an eval split (--eval-data-path / --eval-hidden-states-path) or "
                              "--eval-holdout, not both", field="--eval-holdout")
+        if not self.distill_temperature > 0:
+            raise InputError("must be > 0", field="--distill-temperature")
+        if not 0.0 <= self.ttt_curriculum <= 1.0:
+            raise InputError("must be a share of the steps, 0 to 1", field="--ttt-curriculum")
         if self.parallel not in PARALLEL:
             raise InputError("must be ddp or fsdp", field="--parallel")
         if self.autocast not in ("auto", "bf16", "off"):

@@ -65,18 +65,21 @@ class TTTModule(torch.nn.Module):
 
     def __init__(self, draft: Eagle3Draft, target_head: torch.Tensor | None, length: int, decay: float,
                  attention: str, full_head: torch.Tensor | None = None, checkpointing: bool = False,
-                 weighting: str = "decay", feature_weight: float = 0.0):
+                 weighting: str = "decay", feature_weight: float = 0.0, temperature: float = 1.0):
         super().__init__()
         self.draft = draft
         self.target_head, self.full_head = target_head, full_head
         self.length, self.decay, self.attention = length, decay, attention
         self.checkpointing, self.weighting, self.feature_weight = checkpointing, weighting, feature_weight
+        self.temperature = temperature
+        self.deep_scale = 1.0    # the weight of TTT steps >= 1; the trainer ramps it (--ttt-curriculum)
 
     def forward(self, batch: dict[str, torch.Tensor], step_norm: list[float] | None = None):
         return ttt_forward(self.draft, batch, length=self.length, decay=self.decay,
                            target_head=self.target_head, full_head=self.full_head, attention=self.attention,
                            checkpointing=self.checkpointing, step_norm=step_norm, weighting=self.weighting,
-                           feature_weight=self.feature_weight)
+                           feature_weight=self.feature_weight, temperature=self.temperature,
+                           deep_scale=self.deep_scale)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -86,6 +89,14 @@ def lr_lambda(total_steps: int, warmup_steps: int):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return f
+
+
+def curriculum_scale(step: int, total_steps: int, share: float) -> float:
+    """--ttt-curriculum: the weight of TTT steps >= 1 at optimizer step `step` (0-based), a linear
+    ramp from 0 to 1 over the first `share` of the run; a function of the step alone, so a resumed
+    run continues the same ramp."""
+    ramp = share * total_steps
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
 def metric_sums(r) -> list[float]:
@@ -123,7 +134,7 @@ class Trainer:
             attention = "flex" if self.device.type == "cuda" else "blockwise"
         self.module = TTTModule(self.draft, target_head, cfg.ttt_length, cfg.loss_decay, attention, full_head,
                                 checkpointing=cfg.activation_checkpointing, weighting=cfg.ttt_weighting,
-                                feature_weight=cfg.feature_loss)
+                                feature_weight=cfg.feature_loss, temperature=cfg.distill_temperature)
         self.model = parallelize(self.module, self.info, cfg.parallel)
         self.optimizer = torch.optim.AdamW([p for p in self.module.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -313,6 +324,7 @@ class Trainer:
                 if micro_index == 0:       # the step's micro-batches first: their token counts normalize the loss
                     micro = [next(batches) for _ in range(accum)]
                     norm, micro_counts = self._step_norm(micro)
+                    self.module.deep_scale = curriculum_scale(self.global_step, self.total_steps, cfg.ttt_curriculum)
                 batch, micro[micro_index] = micro[micro_index], None
                 last_micro = micro_index == accum - 1
                 with self._grad_sync(last_micro):

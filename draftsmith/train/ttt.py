@@ -403,7 +403,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
                 target_head: torch.Tensor | None = None, full_head: torch.Tensor | None = None,
                 attention: str = "blockwise", fused_loss: bool = True,
                 checkpointing: bool = False, step_norm: list[float] | None = None,
-                weighting: str = "decay", return_chains: bool = False, feature_weight: float = 0.0) -> TTTResult:
+                weighting: str = "decay", return_chains: bool = False, feature_weight: float = 0.0,
+                temperature: float = 1.0, deep_scale: float = 1.0) -> TTTResult:
     """Unroll `length` draft steps on a right-padded batch and return the weighted loss + metrics.
 
     batch: input_ids, loss_mask, attention_mask [B, T]; aux_hidden_states [B, T, 3·Ht]; and
@@ -424,6 +425,12 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
     feature_weight: add feature_weight × the same row-weighted mean of SmoothL1(the draft's normed output,
     the target's last hidden state at the row's target position), EAGLE-1's feature regression on top
     of EAGLE-3's distribution loss (a hidden_state batch with target and draft hidden sizes equal).
+    temperature: distill at temperature T (Hinton et al.): the soft CE is between softmax(target logits / T)
+    and softmax(draft logits / T), scaled by T² so that the gradient's size does not depend on T; the
+    argmax (accuracy, served figures) is unchanged. A top-K store's logits are divided the same way.
+    `loss_sum` is then the tempered CE.
+    deep_scale: multiplies the weight of every step k >= 1 (a TTT-length curriculum: the trainer ramps it
+    from 0 to 1, so early training fits step 0 before the draft learns from its own outputs).
     return_chains: also return `served_chain`, per draft row and step whether a server accepts it
     (the chain acceptance of a draft started at that row, when the data is the target's own greedy text).
     step_norm: the divisor of step k's CE sum (default: this batch's count, a per-step mean);
@@ -445,13 +452,13 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         target_logp = topk_ids = topk_logp = None
         if "target_topk_ids" in batch:
             topk_ids = batch["target_topk_ids"][qb, qq].long()
-            topk_logp = F.log_softmax(batch["target_topk_logits"][qb, qq].float(), dim=-1)
+            topk_logp = F.log_softmax(batch["target_topk_logits"][qb, qq].float() / temperature, dim=-1)
             target_argmax = topk_ids.gather(-1, topk_logp.argmax(-1, keepdim=True)).squeeze(-1)
         else:
             if target_head is None:
                 raise ValueError("a hidden_state batch needs target_head (target lm_head rows of the draft vocab)")
             hs = batch["hidden_state"][qb, qq]
-            target_logp = F.log_softmax((hs.to(target_head.dtype) @ target_head.T).float(), dim=-1)
+            target_logp = F.log_softmax((hs.to(target_head.dtype) @ target_head.T).float() / temperature, dim=-1)
             target_argmax = target_logp.argmax(-1)
         draft_to_target = draft.draft_to_target
         if "target_argmax" in batch:
@@ -463,6 +470,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         else:
             served_argmax = None
 
+    if temperature <= 0:
+        raise ValueError(f"the distillation temperature must be > 0, got {temperature}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown TTT weighting {weighting!r} ({', '.join(WEIGHTINGS)})")
     if weighting != "decay" and served_argmax is None:
@@ -480,7 +489,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         pad = pad + 0.0 * out.sum()
         if n:
             rows_x.append(draft.norm(out[index[qb[keep], rows_p]]))
-            row_w.append(torch.full((n,), decay ** k / (n if step_norm is None else step_norm[k]),
+            scale = temperature ** 2 * (deep_scale if k else 1.0)
+            row_w.append(torch.full((n,), scale * decay ** k / (n if step_norm is None else step_norm[k]),
                                     device=out.device))
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
             rows_bp.append((qb[keep], rows_p))
@@ -501,7 +511,8 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         row_w = row_w * chain_survival(
             x.detach(), draft.lm_head.weight, keep_all, all_b, all_p, steps, served_draft[served_argmax], aligned,
             (input_ids.shape[0], input_ids.shape[1], length), weighting == "survival-hard", chunk)
-    args = (x, draft.lm_head.weight, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
+    head = draft.lm_head.weight if temperature == 1.0 else draft.lm_head.weight / temperature
+    args = (x, head, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
     if feature_weight:
         if "hidden_state" not in batch or batch["hidden_state"].shape[-1] != x.shape[-1]:
