@@ -176,6 +176,10 @@ def test_measure_sample_times_the_real_stages_on_a_tiny_target(tiny_llama_dir, t
     tokens = sum(len(r) for r in big["input_ids"])
     assert shape.kept_ratio == len(big) / 16 and shape.tokens_per_sample == pytest.approx(tokens / len(big))
     assert shape.supervised_per_sample == pytest.approx(sum(sum(m) for m in big["loss_mask"]) / len(big))
+    lines = (tmp_path / "budget" / "shape" / "data" / "sharegpt" / "sharegpt_train.jsonl").read_text().splitlines()
+    kept_ids = set(big["id"])
+    assert len(shape.kept_prefix) == len(lines) == 16
+    assert list(shape.kept_prefix) == [sum(json.loads(x)["id"] in kept_ids for x in lines[:n + 1]) for n in range(16)]
     ds = datasets.load_from_disk(str(tmp_path / "budget" / "dataset"))                 # the timed sample
     assert FeatureStore.open(tmp_path / "budget" / "features").manifest["num_samples"] == len(ds)
     steps = (tmp_path / "budget" / "train" / "metrics.jsonl").read_text().splitlines()
@@ -205,3 +209,19 @@ def test_the_report_says_how_the_run_kept_to_its_plan(tmp_path):
     assert "took 37.5 min" in line and "hidden-states 16.0 vs 15.0 planned" in line
     assert "Budget: the plan" in (report / "demo_report.md").read_text()
     assert "regenerate-data" not in check["stages"]          # not planned: no --regenerate
+
+
+def test_asked_for_is_exact_within_the_measured_prefix():
+    """prepare-data takes the first --num-samples rows; build-dataset's skips cluster (the packaged ShareGPT
+    skips 17 % of its first 256 rows, 11 % of its first 500): the plan asks for the fewest rows whose
+    measured prefix keeps its count, and past the prefix adds rows at the prefix's ratio."""
+    prefix = (1, 1, 1, 2, 3, 3, 4, 5, 6, 7)       # rows 2, 3 and 6 skipped
+    shape = DataShape(tokens_per_sample=400.0, supervised_per_sample=300.0, kept_ratio=0.5, kept_prefix=prefix)
+    assert [shape.asked_for(k) for k in range(1, 8)] == [1, 4, 5, 7, 8, 9, 10]
+    assert shape.asked_for(14) == 10 + 14                 # 7 more at 0.5
+    assert [shape.kept_among(n) for n in (0, 1, 3, 4, 10, 20)] == [0, 1, 1, 2, 7, 12]
+    for k in range(1, 40):
+        assert shape.kept_among(shape.asked_for(k)) >= k and shape.kept_among(shape.asked_for(k) - 1) < k
+    tp = Throughput(hidden_states_tok_s=400.0, train_tok_s=450.0, plain_tok_s=20.0, spec_step_s=0.3, load_s=3.0)
+    plan = plan_budget(1800.0, tp, shape, num_questions=2, max_new_tokens=16)
+    assert plan.num_samples == shape.asked_for(plan.conversations)
