@@ -213,10 +213,10 @@ def main() -> int:
     lengths = [len(r["input_ids"]) for r in rows]
     result = {"what": "useful (non-pad) tokens per second: packed rows vs padded batches of the same ShareGPT "
                       "conversations, one training step each (forward, backward, AdamW), CPU fp32",
-              "command": "nice -n 5 python " + " ".join(sys.argv), "shape": SHAPE, "max_length": args.max_length,
+              "command": f"{'nice -n ' + str(os.nice(0)) + ' ' if os.nice(0) else ''}python " + " ".join(sys.argv), "shape": SHAPE, "max_length": args.max_length,
               "ttt": args.ttt, "attention": args.attention, "threads": args.threads,
               "padded_batch_size": args.batch_size, "packed_rows_per_step": args.packed_batch,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "accounting": accounting(lengths, args.max_length, args.seed)}
     print(json.dumps(result["accounting"], indent=1), flush=True)
