@@ -21,6 +21,7 @@ Only the recipe's own flags differ:
   temperature (Hinton's T² scaling).
 - `curriculum`: `--ttt-curriculum 0.5`, a TTT-length curriculum: the weight of steps >= 1 ramps
   from 0 to full over the first half of the run.
+- `curriculum+survival-hard`: the two that raised real τ (≈ +1.3 % each), together.
 
 Each draft is exported, scored by bench/tau_proxy.py (teacher-forced K = 5 on the target's
 own MT-bench replies; `proxy_tau_chain`, the served chain's mean accepted length, is the figure
@@ -63,6 +64,8 @@ RECIPES: dict[str, tuple[list[str], str]] = {
                                                       "distributions x T^2): more of the target's dark knowledge"),
     "curriculum": (["--ttt-curriculum", "0.5"], "TTT-length curriculum: steps >= 1 weigh 0 at the start, "
                                                 "ramping to full over the first half of the run"),
+    "curriculum+survival-hard": (["--ttt-curriculum", "0.5", "--ttt-weighting", "survival-hard", "--loss-decay", "1.0"],
+                                 "the two that raised real tau, together (both move accuracy to step 0)"),
     "head-init": (["--lm-head-init", "target"], "the draft's lm_head starts as the target's rows (speculators "
                                                 "does this; not a method of its own for #15 §4)"),
 }
