@@ -410,6 +410,26 @@ def test_served_chain_rows_add_up_to_the_per_step_counts():
         assert not (chain[..., k] & ~supervised).any()
 
 
+def _rows_by_hand(draft, batch, length, decay, term) -> float:
+    """Σ_k decay^k × the mean over step k's supervised rows of term(step-k output at row p, batch row i,
+    target position q), by loops: step k at row p predicts the target at q = p+1+k, supervised iff
+    loss_mask[q+1] (and attention_mask[q+1])."""
+    with torch.no_grad():
+        b, t = batch["input_ids"].shape
+        total = 0.0
+        for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"], length):
+            terms = []
+            for i in range(b):
+                for p in range(t):
+                    q = p + 1 + k
+                    if q + 1 >= t or not batch["loss_mask"][i, q + 1] or not batch["attention_mask"][i, q + 1]:
+                        continue
+                    terms.append(term(out[index[i, p]], i, q))
+            if terms:
+                total += decay ** k * sum(terms) / len(terms)
+    return total
+
+
 def test_feature_loss_adds_the_row_weighted_smooth_l1_by_hand():
     """--feature-loss W: loss + W Σ_k decay^k / n_k Σ_rows mean_h SmoothL1(norm(step-k output at row p),
     hidden_state[p+1+k]), over the rows the distribution loss supervises; its gradient reaches the draft."""
@@ -417,28 +437,14 @@ def test_feature_loss_adds_the_row_weighted_smooth_l1_by_hand():
     length, decay, w = 3, 0.8, 0.5
     base = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen])
     with_f = ttt_forward(draft, batch, length=length, decay=decay, target_head=full_head[chosen], feature_weight=w)
-    with torch.no_grad():
-        outs = {k: (out, index) for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"],
-                                                              length)}
-        b, t = batch["input_ids"].shape
-        by_hand = 0.0
-        for k in range(length):
-            out, index = outs[k]
-            terms = []
-            for i in range(b):
-                for p in range(t):
-                    q = p + 1 + k
-                    if q + 1 >= t or not batch["loss_mask"][i, q + 1] or not batch["attention_mask"][i, q + 1]:
-                        continue
-                    x = draft.norm(out[index[i, p]])
-                    terms.append(torch.nn.functional.smooth_l1_loss(x, batch["hidden_state"][i, q]).item())
-            if terms:
-                by_hand += decay ** k * sum(terms) / len(terms)
+    by_hand = _rows_by_hand(draft, batch, length, decay, lambda out, i, q: torch.nn.functional.smooth_l1_loss(
+        draft.norm(out), batch["hidden_state"][i, q]).item())
     assert with_f.count == base.count
     assert float(with_f.loss.detach() - base.loss.detach()) == pytest.approx(w * by_hand, abs=2e-6)  # fp32 losses ~5
     draft.zero_grad()
     (with_f.loss - base.loss.detach()).backward()
     assert draft.fc.weight.grad.abs().sum() > 0
+    b, t = batch["input_ids"].shape
     with pytest.raises(ValueError, match="hidden_state"):
         topk = {k: v for k, v in batch.items() if k != "hidden_state"}
         ttt_forward(draft, {**topk, "target_topk_ids": torch.zeros(b, t, 2, dtype=torch.long),
@@ -459,22 +465,12 @@ def test_distill_temperature_is_the_tempered_soft_ce_by_hand(signal):
     length, decay, temp = 3, 0.8, 2.5
     got = ttt_forward(draft, batch, length=length, decay=decay, target_head=head, temperature=temp)
     base = ttt_forward(draft, batch, length=length, decay=decay, target_head=head)
-    with torch.no_grad():
-        b, t = batch["input_ids"].shape
-        by_hand = 0.0
-        for k, out, index in unroll(draft, batch["input_ids"], batch["aux_hidden_states"], length):
-            terms = []
-            for i in range(b):
-                for p in range(t):
-                    q = p + 1 + k
-                    if q + 1 >= t or not batch["loss_mask"][i, q + 1] or not batch["attention_mask"][i, q + 1]:
-                        continue
-                    z = (batch["hidden_state"][i, q] @ head.T) if signal == "hidden" else batch["target_topk_logits"][i, q]
-                    target = torch.softmax(z / temp, -1)
-                    student = torch.log_softmax(draft.logits(out[index[i, p]]) / temp, -1)
-                    terms.append(float(-(target * student).sum()))
-            if terms:
-                by_hand += decay ** k * sum(terms) / len(terms)
+
+    def tempered_ce(out, i, q):
+        z = (batch["hidden_state"][i, q] @ head.T) if signal == "hidden" else batch["target_topk_logits"][i, q]
+        return float(-(torch.softmax(z / temp, -1) * torch.log_softmax(draft.logits(out) / temp, -1)).sum())
+
+    by_hand = _rows_by_hand(draft, batch, length, decay, tempered_ce)
     assert float(got.loss.detach()) == pytest.approx(temp ** 2 * by_hand, rel=1e-5)
     assert got.correct_draft_vocab == base.correct_draft_vocab and got.count == base.count
     grads = []
