@@ -483,6 +483,12 @@ def test_distill_temperature_is_the_tempered_soft_ce_by_hand(signal):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         ttt_forward(draft, batch, length=1, target_head=head, temperature=0.0)
+    if signal == "hidden":           # the feature loss beside it is not T²-scaled
+        with torch.no_grad():
+            both = ttt_forward(draft, batch, length=length, decay=decay, target_head=head, temperature=temp,
+                               feature_weight=1.0)
+            feat = ttt_forward(draft, batch, length=length, decay=decay, target_head=head, feature_weight=1.0)
+        assert float(both.loss - got.loss.detach()) == pytest.approx(float(feat.loss - base.loss.detach()), abs=1e-5)
 
 
 def test_deep_scale_weighs_only_the_steps_after_the_first():

@@ -489,7 +489,7 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         pad = pad + 0.0 * out.sum()
         if n:
             rows_x.append(draft.norm(out[index[qb[keep], rows_p]]))
-            scale = temperature ** 2 * (deep_scale if k else 1.0)
+            scale = deep_scale if k else 1.0
             row_w.append(torch.full((n,), scale * decay ** k / (n if step_norm is None else step_norm[k]),
                                     device=out.device))
             step_of_row.append(torch.full((n,), k, device=out.device, dtype=torch.long))
@@ -511,8 +511,10 @@ def ttt_forward(draft: Eagle3Draft, batch: dict[str, torch.Tensor], *, length: i
         row_w = row_w * chain_survival(
             x.detach(), draft.lm_head.weight, keep_all, all_b, all_p, steps, served_draft[served_argmax], aligned,
             (input_ids.shape[0], input_ids.shape[1], length), weighting == "survival-hard", chunk)
-    head = draft.lm_head.weight if temperature == 1.0 else draft.lm_head.weight / temperature
-    args = (x, head, row_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
+    head, ce_w = draft.lm_head.weight, row_w
+    if temperature != 1.0:          # the tempered CE, T²-scaled (the feature loss keeps row_w)
+        head, ce_w = head / temperature, row_w * temperature ** 2
+    args = (x, head, ce_w, keep_all, target_logp, topk_ids, topk_logp, chunk)
     loss, ce, pred = FusedSoftCE.apply(*args) if fused_loss else _plain_soft_ce(*args)
     if feature_weight:
         if "hidden_state" not in batch or batch["hidden_state"].shape[-1] != x.shape[-1]:
