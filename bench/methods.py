@@ -2,6 +2,8 @@
 
     python bench/methods.py run [--recipes decay survival survival-hard] [--questions 20] [--real]
     python bench/methods.py report [--questions 20]
+    python bench/methods.py run --train-seed 1 --work cache/bench/methods_seed1 --recipes decay X --real
+    python bench/methods.py report --train-seed 1 --work cache/bench/methods_seed1   # -> methods_seed1.json
 
 Every recipe trains one draft on the same feature store (default: the demo's,
 cache/demo/default, read-only) with the demo's settings (TTT 3, draft vocab 4096, lr 1e-3,
@@ -83,14 +85,19 @@ def cli(*argv: str, log: Path) -> None:
                         *argv], check=True, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
+def train_seed(args, settings: dict) -> int:
+    """The draft's init and data order: the store's demo seed unless --train-seed replicates on another."""
+    return settings["seed"] if args.train_seed is None else args.train_seed
+
+
 def train(args, name: str, out: Path) -> None:
-    s = json.loads((args.store / "demo_state.json").read_text())["settings"]
+    s = json.loads((args.store / "demo_state.json").read_text())["settings"]  # epochs: older run folders' name
     out.mkdir(parents=True, exist_ok=True)
     cli("train", "--mode", "offline", "--target-model-path", args.target_model_path,
         "--train-data-path", str(args.store / "dataset"), "--train-hidden-states-path", str(args.store / "features"),
         "--max-length", str(s["max_length"]), "--draft-vocab-size", str(s["draft_vocab_size"]),
-        "--ttt-length", str(s["ttt_length"]), "--num-epochs", str(s["epochs"]), "--batch-size", str(s["batch_size"]),
-        "--learning-rate", repr(s["learning_rate"]), "--seed", str(s["seed"]), "--save-interval", "200",
+        "--ttt-length", str(s["ttt_length"]), "--num-epochs", str(s.get("num_epochs", s.get("epochs"))), "--batch-size", str(s["batch_size"]),
+        "--learning-rate", repr(s["learning_rate"]), "--seed", str(train_seed(args, s)), "--save-interval", "200",
         "--report-to", "none", "--device", "cpu", "--no-progress", "--output-dir", str(out / "train"),
         *RECIPES[name][0], log=out / "train.log")
     cli("export", str(out / "train" / "final"), "--output-dir", str(out / "draft"),
@@ -142,9 +149,12 @@ def report(args) -> None:
         if "decay" in rows and "proxy_tau" in row:
             row["proxy_ratio_vs_decay"] = round(row["proxy_tau"] / rows["decay"]["proxy_tau"], 4)
         row["what"] = RECIPES[name][1]
-    out = ROOT / "bench" / "results" / "methods.json"
+    seed = "" if args.train_seed is None else f" --train-seed {args.train_seed} --work {args.work}"
+    out = ROOT / "bench" / "results" / ("methods.json" if args.train_seed is None
+                                        else f"methods_seed{args.train_seed}.json")
     out.write_text(json.dumps({
-        "command": "python bench/methods.py run --real && python bench/methods.py report",
+        "command": f"python bench/methods.py run{seed} --real && python bench/methods.py report{seed}",
+        "train_seed": args.train_seed,
         "store": str(args.store), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "goal": "real_vs_decay.ratio >= 1.10",
         "recipes": rows}, indent=2) + "\n")
@@ -170,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-questions", type=int, default=20)
     p.add_argument("--with-plain", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--resamples", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="train every recipe with this seed (init and data order) instead of the store's demo "
+                        "seed: a replicate; report writes bench/results/methods_seed<N>.json")
     args = p.parse_args(argv)
     args.target_model_path = args.target_model_path or str(resources.smollm2_dir())
     run(args) if args.command == "run" else report(args)

@@ -244,3 +244,32 @@ def test_report_places_a_smollm2_sharegpt_run_on_the_budget_curve():
     assert not budget_point("SmolLM2-135M-Instruct", False, 4_000_000, 1)["in_measured_range"]
     assert budget_point("tiny-llama", False, 152_970, 2) == {}
     assert budget_point("SmolLM2-135M-Instruct", True, 152_970, 2) == {}
+
+
+def test_the_demo_recipe_reaches_train_as_its_own_flags(monkeypatch, tmp_path):
+    """The demo's TTT recipe settings are train's flags under the same names: the TrainConfig the
+    train stage builds holds exactly the demo's values."""
+    from draftsmith.demo import pipeline
+    from draftsmith.train import cli as train_cli
+
+    seen = []
+    monkeypatch.setattr(pipeline, "call_stage", lambda name, argv: seen.append((name, argv)))
+    cfg = replace(demo.DEFAULT, device="cpu", ttt_weighting="survival", loss_decay=0.9, ttt_curriculum=0.25)
+    ctx = demo.StageContext(config=cfg, run_dir=tmp_path, results={
+        "model": {"model_path": "m"}, "build-dataset": {"dataset": "d"}, "hidden-states": {"features": "f"}},
+        resuming=False)
+    pipeline.stage_train(ctx)
+    [(name, argv)] = seen
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    train = train_cli.config_from_args(parser.parse_args(argv))
+    assert name == "train"
+    assert (train.ttt_weighting, train.loss_decay, train.ttt_curriculum) == ("survival", 0.9, 0.25)
+    assert (train.ttt_length, train.learning_rate, train.seed) == (cfg.ttt_length, cfg.learning_rate, cfg.seed)
+
+
+def test_a_recipe_setting_changes_the_draft_stages_only():
+    keys = demo.stage_keys(demo.DEFAULT, demo.STAGES)
+    for change in (dict(ttt_weighting="survival"), dict(loss_decay=0.5), dict(ttt_curriculum=0.1)):
+        changed = demo.stage_keys(replace(demo.DEFAULT, **change), demo.STAGES)
+        assert [n for n in keys if keys[n] != changed[n]] == ["train", "export", "eval"], change

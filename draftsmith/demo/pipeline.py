@@ -128,7 +128,9 @@ def stage_train(ctx: StageContext) -> dict:
             "--max-length", str(cfg.max_length), "--draft-vocab-size", str(cfg.draft_vocab_size),
             "--ttt-length", str(cfg.ttt_length), "--num-epochs", str(cfg.num_epochs),
             "--batch-size", str(cfg.batch_size), "--learning-rate", repr(cfg.learning_rate),
-            "--seed", str(cfg.seed), "--save-interval", str(TRAIN_SAVE_INTERVAL), "--report-to", "none",
+            "--seed", str(cfg.seed), "--ttt-weighting", cfg.ttt_weighting, "--loss-decay", repr(cfg.loss_decay),
+            "--ttt-curriculum", repr(cfg.ttt_curriculum),
+            "--save-interval", str(TRAIN_SAVE_INTERVAL), "--report-to", "none",
             "--device", cfg.device, "--output-dir", str(out), *_dtype_flag(cfg)]
     if ctx.resuming:
         argv.append("--resume")  # the latest step_N/ checkpoint, or a fresh start when there is none
@@ -160,7 +162,8 @@ _DATA = ("num_samples", "seed")
 _REPLIES = _DATA + ("target_model_path", "regenerate", "max_length", "dtype")
 _TOKENS = _REPLIES + ("chat_template",)
 _FEATURES = _TOKENS + ("codec", "aux_layers", "hidden_states_batch_size")
-_DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "num_epochs", "batch_size", "learning_rate")
+_DRAFT = _FEATURES + ("draft_vocab_size", "ttt_length", "num_epochs", "batch_size", "learning_rate",
+                      "ttt_weighting", "loss_decay", "ttt_curriculum")
 _EVAL = _DRAFT + ("draft_depth", "num_questions", "max_new_tokens")
 
 STAGES: tuple[Stage, ...] = (

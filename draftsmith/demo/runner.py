@@ -27,6 +27,9 @@ STATE_VERSION = 1
 # settings took their canonical names (docs/flags.md) still resumes.
 _KEY_NAMES = {"num_samples": "num_conversations", "num_epochs": "epochs", "draft_depth": "num_steps",
               "num_questions": "eval_questions"}
+# Settings added after state version 1, with the value every run before them had: at that value a
+# setting stays out of the key, so a run folder made before it existed resumes instead of redoing stages.
+_ADDED_LATER = {"ttt_weighting": "decay", "loss_decay": 0.8, "ttt_curriculum": 0.0}
 
 
 @dataclass
@@ -78,7 +81,8 @@ def stage_keys(config: DemoConfig, stages: tuple[Stage, ...]) -> dict[str, str]:
     """Each stage's key: its own settings chained with the key of the stage before it."""
     keys, previous, settings = {}, "", asdict(config)
     for stage in stages:
-        own = {_KEY_NAMES.get(k, k): _key_value(k, settings[k]) for k in stage.settings}
+        own = {_KEY_NAMES.get(k, k): _key_value(k, settings[k]) for k in stage.settings
+               if k not in _ADDED_LATER or settings[k] != _ADDED_LATER[k]}
         previous = keys[stage.name] = cache_key([previous, stage.name, own], length=16)
     return keys
 

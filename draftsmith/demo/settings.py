@@ -15,6 +15,7 @@ from draftsmith import config
 from draftsmith.config import option
 from draftsmith.errors import DraftsmithError
 from draftsmith.target.dtype import CHOICES
+from draftsmith.train.config import TTTWeighting
 
 # The eval's per-turn token budget, also what a bare `--regenerate` asks for.
 MAX_NEW_TOKENS = 128
@@ -62,6 +63,11 @@ class DemoConfig:
     batch_size: int = option(1, group="training", help="training batch size")
     learning_rate: float = option(1e-3, group="training", help="peak learning rate")
     seed: int = option(0, group="training", help="seed of the data sample, the draft's init and its data order")
+    ttt_weighting: TTTWeighting = option("decay", group="training",
+                                         help="train --ttt-weighting: how TTT steps' losses are weighed")
+    loss_decay: float = option(0.8, group="training", help="train --loss-decay: weight of TTT step k is decay**k")
+    ttt_curriculum: float = option(0.0, group="training",
+                                   help="train --ttt-curriculum: share of the run over which steps >= 1 ramp in")
     draft_depth: int = option(5, group="eval", deprecated=("--num-steps",), help="K, draft tokens per verify step")
     num_questions: int = option(10, group="eval", deprecated=("--eval-questions",),
                                 help="MT-bench questions to decode, both turns")

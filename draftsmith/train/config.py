@@ -16,6 +16,9 @@ from draftsmith.errors import InputError
 from draftsmith.target.dtype import DTYPE_HELP, NAMES as DTYPE_NAMES
 from draftsmith.train.parallel import PARALLEL
 
+# How the TTT steps' losses are weighed (train/ttt.py); the demo's --ttt-weighting takes the same values.
+TTTWeighting = Literal["decay", "survival", "survival-hard"]
+
 
 @dataclass
 class TrainConfig:
@@ -54,7 +57,7 @@ class TrainConfig:
     lm_head_init: Literal["random", "target"] = option(
         "random", group="draft", help="the draft's lm_head at step 0: random, or the target's lm_head rows of the "
                                       "draft vocabulary (as speculators does)")
-    ttt_weighting: Literal["decay", "survival", "survival-hard"] = option(
+    ttt_weighting: TTTWeighting = option(
         "decay", group="draft", help="decay: step k weighs decay**k (the peers' recipe); survival: also by the "
                                      "draft's detached chance that a served chain reaches the row; survival-hard: "
                                      "only rows a served chain reaches (docs/training.md)")
