@@ -221,13 +221,19 @@ def test_quick_demo_end_to_end_on_a_tiny_target(tiny_llama_dir, tmp_path, capsys
 def test_keys_of_a_run_folder_made_before_the_settings_were_renamed():
     """Stage keys hash the settings under their state-version-1 names (num_conversations, epochs,
     num_steps, eval_questions; aux_layers as "i,j,k"), so a run folder of an earlier release resumes.
-    The keys below are what draftsmith/demo.py computed at 18ad676, before the renames."""
-    assert demo.stage_keys(demo.DEFAULT, demo.STAGES) == {
+    The keys below are what draftsmith/demo.py computed at 18ad676, before the renames; those runs trained
+    with the peers' TTT recipe, which stays out of the key at its values of then."""
+    peers = replace(demo.DEFAULT, ttt_weighting="decay", loss_decay=0.8, ttt_curriculum=0.0)
+    assert demo.stage_keys(peers, demo.STAGES) == {
         "model": "4658b35ee467f3eb", "prepare-data": "8b9c1bbfcf818132", "regenerate-data": "8269a5a61e3d6a0b",
         "build-dataset": "4ca382a18b22f4db", "hidden-states": "f30da5b7d9b2b8b0", "train": "e28d8cec8129df5c",
         "export": "fe8ce9aa2385beba", "eval": "438a68136c10f8b9"}
-    quick = replace(demo.QUICK, aux_layers=[1, 2, 3], regenerate=16)
+    quick = replace(demo.QUICK, aux_layers=[1, 2, 3], regenerate=16, ttt_weighting="decay", loss_decay=0.8,
+                    ttt_curriculum=0.0)
     assert demo.stage_keys(quick, demo.STAGES)["eval"] == "60008387a4aabf65"
+    # today's default recipe is another draft: an old run folder keeps its data and features, retrains
+    now = demo.stage_keys(demo.DEFAULT, demo.STAGES)
+    assert [n for n in now if now[n] != demo.stage_keys(peers, demo.STAGES)[n]] == ["train", "export", "eval"]
 
 
 def test_report_places_a_smollm2_sharegpt_run_on_the_budget_curve():
@@ -270,6 +276,6 @@ def test_the_demo_recipe_reaches_train_as_its_own_flags(monkeypatch, tmp_path):
 
 def test_a_recipe_setting_changes_the_draft_stages_only():
     keys = demo.stage_keys(demo.DEFAULT, demo.STAGES)
-    for change in (dict(ttt_weighting="survival"), dict(loss_decay=0.5), dict(ttt_curriculum=0.1)):
+    for change in (dict(ttt_weighting="decay"), dict(loss_decay=0.5), dict(ttt_curriculum=0.1)):
         changed = demo.stage_keys(replace(demo.DEFAULT, **change), demo.STAGES)
         assert [n for n in keys if keys[n] != changed[n]] == ["train", "export", "eval"], change
