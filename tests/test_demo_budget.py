@@ -147,10 +147,10 @@ def test_apply_budget_sizes_the_config_and_reuses_its_plan(tmp_path, monkeypatch
     saved = json.loads((tmp_path / budget.PLAN_FILE).read_text())
     spent = saved["plan"]["seconds"]["calibration"]           # the real seconds the fake measuring took
     plan = plan_budget(30 * 60.0, TP, SHAPE, num_questions=cfg.num_questions, max_new_tokens=cfg.max_new_tokens,
-                       spent_s=spent)
+                       spent_s=spent, share=budget.PLANNED_SHARE)
     assert (sized.num_samples, sized.num_epochs) == (plan.num_samples, plan.num_epochs)
     assert sized.num_samples != cfg.num_samples and f"{sized.num_samples} conversations" in text
-    assert saved["plan"]["total_s"] == pytest.approx(plan.total_s) and plan.total_s <= 30 * 60.0
+    assert saved["plan"]["total_s"] == pytest.approx(plan.total_s) and plan.total_s <= budget.PLANNED_SHARE * 30 * 60.0
     again, text2 = budget.apply_budget(cfg, tmp_path, set())      # a rerun (resume) measures nothing
     assert calls == ["shape"] and again == sized and text2 == text
     other, _ = budget.apply_budget(DemoConfig(budget=60.0, device="cpu"), tmp_path, set())
@@ -225,3 +225,16 @@ def test_asked_for_is_exact_within_the_measured_prefix():
     tp = Throughput(hidden_states_tok_s=400.0, train_tok_s=450.0, plain_tok_s=20.0, spec_step_s=0.3, load_s=3.0)
     plan = plan_budget(1800.0, tp, shape, num_questions=2, max_new_tokens=16)
     assert plan.num_samples == shape.asked_for(plan.conversations)
+
+
+def test_a_plan_fills_its_share_of_the_budget_and_keeps_the_whole_budget_for_the_report():
+    """`--budget` plans PLANNED_SHARE of the minutes (a sample can run faster than the sustained run): the
+    same mix as a full plan of that many minutes, reported against the minutes the user gave."""
+    from dataclasses import replace
+
+    shape = replace(SHAPE, available=3000)
+    share = plan_budget(40 * 60.0, TP, shape, fit=FIT, share=budget.PLANNED_SHARE, **EVAL)
+    full = plan_budget(40 * 60.0 * budget.PLANNED_SHARE, TP, shape, fit=FIT, **EVAL)
+    assert (share.conversations, share.num_epochs, share.seconds) == (full.conversations, full.num_epochs, full.seconds)
+    assert share.budget_s == 40 * 60.0 and share.total_s <= budget.PLANNED_SHARE * share.budget_s
+    assert 0.8 <= budget.PLANNED_SHARE < 1.0
