@@ -96,7 +96,8 @@ def train(args, name: str, out: Path) -> None:
     cli("train", "--mode", "offline", "--target-model-path", args.target_model_path,
         "--train-data-path", str(args.store / "dataset"), "--train-hidden-states-path", str(args.store / "features"),
         "--max-length", str(s["max_length"]), "--draft-vocab-size", str(s["draft_vocab_size"]),
-        "--ttt-length", str(s["ttt_length"]), "--num-epochs", str(s.get("num_epochs", s.get("epochs"))), "--batch-size", str(s["batch_size"]),
+        "--ttt-length", str(s["ttt_length"]), "--num-epochs", str(s.get("num_epochs", s.get("epochs"))),
+        "--batch-size", str(s["batch_size"]),
         "--learning-rate", repr(s["learning_rate"]), "--seed", str(train_seed(args, s)), "--save-interval", "200",
         "--report-to", "none", "--device", "cpu", "--no-progress", "--output-dir", str(out / "train"),
         *RECIPES[name][0], log=out / "train.log")

@@ -186,7 +186,8 @@ def describe(plan: BudgetPlan, bigger: BudgetPlan | None, fit: TauFit = TAU_FIT)
     mark = " (extrapolated beyond the measured curve)" if plan.extrapolated else ""
     text = (f"--budget {plan.budget_s / 60:.0f} min on this machine: {plan.num_samples} conversations "
             f"(~{plan.conversations} kept) x {plan.num_epochs} epoch(s), {plan.trained_tokens:,} supervised tokens, "
-            f"planned {plan.total_s / 60:.1f} min (to leave room for slower sustained speeds); expected tau {plan.expected_tau:.2f}{mark} "
+            f"planned {plan.total_s / 60:.1f} min (to leave room for slower sustained speeds); "
+            f"expected tau {plan.expected_tau:.2f}{mark} "
             f"(tau = {fit.a:.3f} + {fit.b:.3f} log2(tokens x epochs^{fit.gamma:.2f}), {fit.source}).")
     if bigger is not None:
         mark2 = " (extrapolated)" if bigger.extrapolated else ""
@@ -346,8 +347,8 @@ def apply_budget(cfg, run_dir, given: set[str]):
           f"{tp.spec_step_s:.2f} s, target load {tp.load_s:.1f} s; {shape.tokens_per_sample:.0f} tokens "
           f"({shape.supervised_per_sample:.0f} supervised) per kept conversation, {shape.kept_ratio:.0%} kept",
           flush=True)
-    kwargs = dict(num_questions=cfg.num_questions, max_new_tokens=cfg.max_new_tokens, regenerate=cfg.regenerate)
-    kwargs.update(share=PLANNED_SHARE)
+    kwargs = dict(num_questions=cfg.num_questions, max_new_tokens=cfg.max_new_tokens, regenerate=cfg.regenerate,
+                  share=PLANNED_SHARE)
     plan = plan_budget(cfg.budget * 60.0, tp, shape, spent_s=spent, **kwargs)
     bigger = plan_budget(2 * cfg.budget * 60.0, tp, shape, spent_s=spent, **kwargs)
     text = describe(plan, bigger)
